@@ -1,0 +1,40 @@
+# Two commands do everything on a fresh machine: `make test` and `make demo` (see README).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Control-plane binaries are built once into this cache, outside the repo, and reused.
+export EMBEDFLEET_CACHE ?= $(HOME)/.cache/embedfleet
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+EXTRAS := operator,worker,test
+
+.PHONY: test venv binaries lint unit pytest gpu-test bench-smoke clean
+
+test: venv binaries lint pytest
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+binaries:
+	@bash tests/cluster/build-binaries.sh >/dev/null
+	@echo "control-plane binaries: $$(bash tests/cluster/build-binaries.sh)"
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+# pytest exits 5 when no test ran; make treats every non-zero status as failure.
+pytest: venv binaries
+	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+unit: venv
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
