@@ -9,15 +9,19 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.cluster.controlplane import LocalCluster
-from tests.cluster.processes import wait_until
+if TYPE_CHECKING:
+    from tests.cluster.controlplane import LocalCluster
 
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
+    # Imported here: the GPU machine runs tests/gpu without the Kubernetes test dependencies.
+    from tests.cluster.controlplane import LocalCluster
+
     workdir = Path(tempfile.mkdtemp(prefix="embedfleet-k8s-"))
     local = LocalCluster(workdir)
     local.start()
@@ -37,6 +41,8 @@ def cluster() -> Iterator[LocalCluster]:
 def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh Namespace per test, deleted afterwards."""
     import kubernetes
+
+    from tests.cluster.processes import wait_until
 
     core = kubernetes.client.CoreV1Api(cluster.api_client())
     name = ("t-" + re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()))[:50].strip("-")

@@ -1,0 +1,90 @@
+"""Table-driven tests of token-budget batch planning and its fairness across requests."""
+
+from __future__ import annotations
+
+import pytest
+
+from embedfleet_worker.batching import BatchPlan, QueuedRequest, plan_batch
+
+
+def q(request_id: int, *tokens: int) -> QueuedRequest:
+    return QueuedRequest(request_id, tokens)
+
+
+@pytest.mark.parametrize(
+    ("queue", "max_tokens", "max_size", "expected"),
+    [
+        pytest.param([], 100, 10, BatchPlan({}, 0, 0), id="empty queue"),
+        pytest.param([q(1, 10, 10, 10)], 100, 10, BatchPlan({1: 3}, 3, 30), id="all fit"),
+        pytest.param([q(1, 40, 40, 40)], 100, 10, BatchPlan({1: 2}, 2, 80), id="token budget"),
+        pytest.param([q(1, *[1] * 20)], 100, 8, BatchPlan({1: 8}, 8, 8), id="size cap"),
+        pytest.param(
+            [q(1, 500, 10), q(2, 10)], 100, 10, BatchPlan({1: 1}, 1, 500), id="oversized runs alone"
+        ),
+        pytest.param(
+            [q(1, *[30] * 100), q(2, 8), q(3, 12)],
+            100,
+            64,
+            BatchPlan({1: 2, 2: 1, 3: 1}, 4, 80),
+            id="round robin: queries share the bulk request's batch",
+        ),
+        pytest.param(
+            [q(1, 10, 90, 10), q(2, 20)],
+            100,
+            10,
+            BatchPlan({1: 1, 2: 1}, 2, 30),
+            id="a skipped input blocks the rest of its own request only",
+        ),
+        pytest.param(
+            [q(1), q(2, 5)], 100, 10, BatchPlan({2: 1}, 1, 5), id="drained request is skipped"
+        ),
+    ],
+)
+def test_plan_batch(
+    queue: list[QueuedRequest], max_tokens: int, max_size: int, expected: BatchPlan
+) -> None:
+    assert plan_batch(queue, max_batch_tokens=max_tokens, max_batch_size=max_size) == expected
+
+
+def test_every_request_gets_a_turn_in_every_batch_while_budget_lasts() -> None:
+    bulk = q(0, *[100] * 2000)
+    queries = [q(i, 10) for i in range(1, 33)]
+    plan = plan_batch([bulk, *queries], max_batch_tokens=16384, max_batch_size=256)
+    assert all(plan.take.get(i) == 1 for i in range(1, 33))
+    assert plan.num_tokens <= 16384
+
+
+def test_invalid_limits_are_rejected() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        plan_batch([q(1, 1)], max_batch_tokens=0, max_batch_size=1)
+
+
+@pytest.mark.parametrize(
+    ("queue", "expected"),
+    [
+        pytest.param(
+            [q(1, *[100] * 50), q(2, 12)],
+            BatchPlan({2: 1, 1: 2}, 3, 212),
+            id="a waiting query goes first and caps the batch",
+        ),
+        pytest.param(
+            [q(1, *[100] * 50)], BatchPlan({1: 10}, 10, 1000), id="bulk alone uses the full budget"
+        ),
+        pytest.param(
+            [q(1, 40, 40), q(2, 300)],
+            BatchPlan({1: 2, 2: 1}, 3, 380),
+            id="no interactive request: plain round robin",
+        ),
+    ],
+)
+def test_interactive_requests_get_short_batches(
+    queue: list[QueuedRequest], expected: BatchPlan
+) -> None:
+    plan = plan_batch(
+        queue,
+        max_batch_tokens=1000,
+        max_batch_size=64,
+        interactive_tokens=64,
+        interactive_batch_tokens=256,
+    )
+    assert plan == expected

@@ -1,0 +1,135 @@
+"""Input formatting with the real Qwen3 and MiniLM tokenizers: instruction strings byte for
+byte, the EOS exactly once (text, token ids, truncated), and templates that survive truncation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from transformers import AutoTokenizer
+
+from embedfleet_worker.errors import InputTooLongError, InvalidInputError
+from embedfleet_worker.options import EmbedOptions, InputType
+from embedfleet_worker.pooling import PoolingMode
+from embedfleet_worker.tokenization import (
+    InputEncoder,
+    SequenceTemplate,
+    apply_template,
+    probe_template,
+)
+from tests.modelzoo import minilm_dir, qwen3_tokenizer_dir
+
+ENDOFTEXT = 151643
+
+
+@pytest.fixture(scope="module")
+def qwen_tokenizer() -> Any:
+    return AutoTokenizer.from_pretrained(str(qwen3_tokenizer_dir()))
+
+
+@pytest.fixture(scope="module")
+def qwen_encoder(qwen_tokenizer: Any) -> InputEncoder:
+    return InputEncoder(
+        qwen_tokenizer,
+        probe_template(qwen_tokenizer, PoolingMode.LAST_TOKEN),
+        max_input_tokens=16,
+        vocab_size=151669,
+        default_instruction="Given a web search query, retrieve relevant passages",
+    )
+
+
+def test_qwen_template_appends_endoftext_because_the_shipped_tokenizer_does_not(
+    qwen_tokenizer: Any,
+) -> None:
+    assert probe_template(qwen_tokenizer, PoolingMode.LAST_TOKEN) == SequenceTemplate(
+        (), (ENDOFTEXT,), ENDOFTEXT
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "expected_text"),
+    [
+        (EmbedOptions(), "What is MRL?"),
+        (EmbedOptions(input_type=InputType.DOCUMENT), "What is MRL?"),
+        (
+            EmbedOptions(input_type=InputType.QUERY),
+            "Instruct: Given a web search query, retrieve relevant passages\nQuery:What is MRL?",
+        ),
+        (
+            EmbedOptions(instruction="Find the code"),
+            "Instruct: Find the code\nQuery:What is MRL?",
+        ),
+    ],
+)
+def test_instruction_strings_are_exact(
+    qwen_encoder: InputEncoder, options: EmbedOptions, expected_text: str
+) -> None:
+    assert qwen_encoder.format_text("What is MRL?", options) == expected_text
+    encoder = InputEncoder(
+        qwen_encoder.tokenizer,
+        qwen_encoder.template,
+        max_input_tokens=1000,
+        vocab_size=151669,
+        default_instruction=qwen_encoder.default_instruction,
+    )
+    [ids] = encoder.encode(["What is MRL?"], options)
+    assert qwen_encoder.tokenizer.decode(ids) == expected_text + "<|endoftext|>"
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        "short text",
+        "ends with eos already<|endoftext|>",
+        "double eos<|endoftext|><|endoftext|>",
+        "a long text " * 40,  # truncated
+        [9707, 1879],
+        [9707, 1879, ENDOFTEXT],
+        list(range(100, 160)),  # truncated token ids
+    ],
+)
+def test_endoftext_exactly_once_at_the_end(
+    qwen_encoder: InputEncoder, item: str | list[int]
+) -> None:
+    [ids] = qwen_encoder.encode([item], EmbedOptions())
+    assert ids[-1] == ENDOFTEXT
+    assert ids.count(ENDOFTEXT) == 1
+    assert len(ids) <= 16
+
+
+def test_truncate_false_makes_long_input_an_error_naming_it(qwen_encoder: InputEncoder) -> None:
+    with pytest.raises(InputTooLongError, match="input 1 has") as raised:
+        qwen_encoder.encode(["ok", "a long text " * 40], EmbedOptions(truncate=False))
+    assert raised.value.param == "input"
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ([""], "input 0 is an empty string"),
+        ([[]], "empty list of token ids"),
+        ([[1, 999_999]], "outside the vocabulary"),
+        ([[1, -1]], "outside the vocabulary"),
+    ],
+)
+def test_bad_inputs_are_typed_errors(
+    qwen_encoder: InputEncoder, inputs: list[Any], message: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        qwen_encoder.encode(inputs, EmbedOptions())
+
+
+def test_bert_template_keeps_cls_and_sep_through_truncation() -> None:
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    template = probe_template(tokenizer, PoolingMode.MEAN)
+    assert template == SequenceTemplate((101,), (102,), None)
+    encoder = InputEncoder(tokenizer, template, max_input_tokens=8, vocab_size=30522)
+    [ids] = encoder.encode(["one two three four five six seven eight nine"], EmbedOptions())
+    assert (len(ids), ids[0], ids[-1]) == (8, 101, 102)
+    full = tokenizer("one two three", add_special_tokens=True)["input_ids"]
+    assert encoder.encode(["one two three"], EmbedOptions()) == [full]
+
+
+def test_apply_template_refuses_a_budget_smaller_than_the_template() -> None:
+    with pytest.raises(ValueError, match="no room"):
+        apply_template([1], SequenceTemplate((1,), (2,)), max_tokens=2, truncate=True)

@@ -1,0 +1,79 @@
+"""Token-budget batch assembly: which queued inputs run together next. Pure: no clock, no I/O.
+
+Requests take turns, one input each, oldest request first, until the token budget or the batch
+size is reached. A request of thousands of passages therefore shares every batch with the
+single queries that arrive meanwhile instead of making them wait behind it (TEI-style
+token-budget batching, with round-robin fairness across requests)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class QueuedRequest:
+    """The pending inputs of one request, as token counts, in the order they must run."""
+
+    request_id: int
+    pending_tokens: Sequence[int]
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How many inputs to take from the head of each request, and the batch's size."""
+
+    take: dict[int, int]
+    num_inputs: int
+    num_tokens: int
+
+
+def is_interactive(request: QueuedRequest, interactive_tokens: int) -> bool:
+    return 0 < sum(request.pending_tokens) <= interactive_tokens
+
+
+def plan_batch(
+    queue: Sequence[QueuedRequest],
+    *,
+    max_batch_tokens: int,
+    max_batch_size: int,
+    interactive_tokens: int = 0,
+    interactive_batch_tokens: int | None = None,
+) -> BatchPlan:
+    """Interactive requests (at most `interactive_tokens` left, e.g. single queries) go first,
+    and while any waits the batch is capped at `interactive_batch_tokens`, so a query's batch
+    is short even when bulk inputs fill the rest of it."""
+    if max_batch_tokens < 1 or max_batch_size < 1:
+        raise ValueError("max_batch_tokens and max_batch_size must be positive")
+    interactive = [r for r in queue if is_interactive(r, interactive_tokens)]
+    if interactive and interactive_batch_tokens is not None:
+        queue = [*interactive, *(r for r in queue if not is_interactive(r, interactive_tokens))]
+        max_batch_tokens = min(max_batch_tokens, interactive_batch_tokens)
+    take: dict[int, int] = {}
+    tokens = inputs = 0
+    # Oldest request first; an input longer than the whole budget runs alone.
+    for request in queue:
+        if request.pending_tokens:
+            if request.pending_tokens[0] > max_batch_tokens:
+                return BatchPlan({request.request_id: 1}, 1, request.pending_tokens[0])
+            break
+    blocked: set[int] = set()
+    progressed = True
+    while progressed and inputs < max_batch_size:
+        progressed = False
+        for request in queue:
+            if inputs >= max_batch_size:
+                break
+            taken = take.get(request.request_id, 0)
+            if request.request_id in blocked or taken >= len(request.pending_tokens):
+                continue
+            cost = request.pending_tokens[taken]
+            if tokens + cost > max_batch_tokens:
+                # Keep this request's order: nothing after a skipped input may overtake it.
+                blocked.add(request.request_id)
+                continue
+            take[request.request_id] = taken + 1
+            tokens += cost
+            inputs += 1
+            progressed = True
+    return BatchPlan(take, inputs, tokens)

@@ -1,0 +1,296 @@
+"""The async embedding engine: admission, token-budget batching and a compute thread.
+
+Requests are tokenised on a thread pool (off the event loop, overlapping the model), admitted
+into a bounded queue, and executed by one compute thread in batches planned by
+`batching.plan_batch`. Results go back to each request's future in input order. A failing
+batch fails only the requests it held; a cancelled request is dropped before compute."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from embedfleet_worker.batching import QueuedRequest, plan_batch
+from embedfleet_worker.errors import (
+    BatchFailedError,
+    EngineOverloadedError,
+    EngineUnavailableError,
+    InvalidInputError,
+)
+from embedfleet_worker.options import EmbedOptions
+from embedfleet_worker.pooling import finalize
+from embedfleet_worker.runners.base import EmbeddingRunner
+from embedfleet_worker.tokenization import Input, InputEncoder
+
+Vectors = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    vectors: Vectors  # [num_inputs, dims] float32, in input order
+    token_counts: list[int]
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.token_counts)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_batch_tokens: int = 16384
+    max_batch_size: int = 256
+    max_queue_tokens: int = 1 << 20  # admission bound; beyond it requests get 429
+    # Requests with at most this many tokens left (single queries) jump ahead, and while one
+    # waits batches are capped at interactive_batch_tokens so its latency stays low.
+    interactive_tokens: int = 512
+    interactive_batch_tokens: int = 2048
+    tokenizer_threads: int = 2
+
+
+class EngineObserver(Protocol):
+    """Hooks for metrics; called from the compute thread, so they must be cheap."""
+
+    def on_batch(self, num_inputs: int, num_tokens: int, busy_seconds: float) -> None: ...
+
+    def on_queue_wait(self, seconds: float) -> None: ...
+
+    def on_queue_depth(self, tokens: int, requests: int) -> None: ...
+
+
+class _NullObserver:
+    def on_batch(self, num_inputs: int, num_tokens: int, busy_seconds: float) -> None:
+        pass
+
+    def on_queue_wait(self, seconds: float) -> None:
+        pass
+
+    def on_queue_depth(self, tokens: int, requests: int) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class _Request:
+    request_id: int
+    sequences: list[list[int]]
+    options: EmbedOptions
+    normalize: bool
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[EmbeddingResult]
+    enqueued_at: float
+    results: list[torch.Tensor | None] = field(default_factory=list)
+    next_index: int = 0
+    done: int = 0
+    started: bool = False
+    abandoned: bool = False  # cancelled by the caller or failed: drop what is left
+
+    @property
+    def pending_tokens(self) -> list[int]:
+        return [len(s) for s in self.sequences[self.next_index :]]
+
+
+class EmbeddingEngine:
+    def __init__(
+        self,
+        runner: EmbeddingRunner,
+        encoder: InputEncoder,
+        config: EngineConfig | None = None,
+        *,
+        normalize_by_default: bool = True,
+        observer: EngineObserver | None = None,
+    ) -> None:
+        self.runner = runner
+        self.encoder = encoder
+        self.config = config or EngineConfig()
+        self.normalize_by_default = normalize_by_default
+        self.observer: EngineObserver = observer or _NullObserver()
+        self._queue: list[_Request] = []
+        self._queued_tokens = 0
+        self._cond = threading.Condition()
+        self._ids = itertools.count()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._tokenizers = ThreadPoolExecutor(
+            self.config.tokenizer_threads, thread_name_prefix="embedfleet-tokenize"
+        )
+        self.busy_seconds = 0.0
+
+    # ----------------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="embedfleet-compute", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finishes what is queued, then stops the compute thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._tokenizers.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    @property
+    def queue_depth(self) -> tuple[int, int]:
+        with self._cond:
+            return self._queued_tokens, len(self._queue)
+
+    # ----------------------------------------------------------------------- public API
+    async def embed(self, inputs: Sequence[Input], options: EmbedOptions) -> EmbeddingResult:
+        if not self.running:
+            raise EngineUnavailableError("the engine is not running")
+        if len(inputs) == 0:
+            raise InvalidInputError("input must not be empty", param="input")
+        options.validate(self.runner.hidden_size)
+        loop = asyncio.get_running_loop()
+        sequences = await loop.run_in_executor(
+            self._tokenizers, self.encoder.encode, inputs, options
+        )
+        request = _Request(
+            request_id=next(self._ids),
+            sequences=sequences,
+            options=options,
+            normalize=self.normalize_by_default if options.normalize is None else options.normalize,
+            loop=loop,
+            future=loop.create_future(),
+            enqueued_at=time.perf_counter(),
+            results=[None] * len(sequences),
+        )
+        self._admit(request)
+        try:
+            return await request.future
+        except asyncio.CancelledError:
+            request.abandoned = True  # the compute thread drops its remaining inputs
+            raise
+
+    def _admit(self, request: _Request) -> None:
+        tokens = sum(len(s) for s in request.sequences)
+        with self._cond:
+            if self._stopping:
+                raise EngineUnavailableError("the engine is shutting down")
+            # An empty queue always admits, so one huge request can still run.
+            if self._queue and self._queued_tokens + tokens > self.config.max_queue_tokens:
+                raise EngineOverloadedError(
+                    f"the queue holds {self._queued_tokens} tokens; retry shortly",
+                    retry_after_seconds=1.0,
+                )
+            self._queue.append(request)
+            self._queued_tokens += tokens
+            self.observer.on_queue_depth(self._queued_tokens, len(self._queue))
+            self._cond.notify()
+
+    # ----------------------------------------------------------------------- compute thread
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            if batch:
+                self._execute(batch)
+
+    def _next_batch(self) -> list[tuple[_Request, int]] | None:
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait()
+            self._drop_abandoned()
+            if not self._queue:
+                return None if self._stopping else []
+            plan = plan_batch(
+                [QueuedRequest(r.request_id, r.pending_tokens) for r in self._queue],
+                max_batch_tokens=self.config.max_batch_tokens,
+                max_batch_size=self.config.max_batch_size,
+                interactive_tokens=self.config.interactive_tokens,
+                interactive_batch_tokens=self.config.interactive_batch_tokens,
+            )
+            batch: list[tuple[_Request, int]] = []
+            now = time.perf_counter()
+            for request in self._queue:
+                count = plan.take.get(request.request_id, 0)
+                if count and not request.started:
+                    request.started = True
+                    self.observer.on_queue_wait(now - request.enqueued_at)
+                for _ in range(count):
+                    batch.append((request, request.next_index))
+                    request.next_index += 1
+            self._queued_tokens -= plan.num_tokens
+            self._queue = [r for r in self._queue if r.next_index < len(r.sequences)]
+            self.observer.on_queue_depth(self._queued_tokens, len(self._queue))
+            return batch
+
+    def _drop_abandoned(self) -> None:
+        kept = []
+        for request in self._queue:
+            if request.abandoned or request.future.cancelled():
+                request.abandoned = True
+                self._queued_tokens -= sum(request.pending_tokens)
+            else:
+                kept.append(request)
+        self._queue = kept
+
+    def _execute(self, batch: list[tuple[_Request, int]]) -> None:
+        sequences = [request.sequences[index] for request, index in batch]
+        started = time.perf_counter()
+        try:
+            pooled = self.runner.embed(sequences).float().cpu()
+        except Exception as error:
+            self._fail({request for request, _ in batch}, error)
+            return
+        finally:
+            busy = time.perf_counter() - started
+            self.busy_seconds += busy
+        self.observer.on_batch(len(sequences), sum(len(s) for s in sequences), busy)
+        for row, (request, index) in enumerate(batch):
+            if request.abandoned:
+                continue
+            request.results[index] = pooled[row]
+            request.done += 1
+            if request.done == len(request.sequences):
+                self._complete(request)
+
+    def _complete(self, request: _Request) -> None:
+        stacked = torch.stack([r for r in request.results if r is not None])
+        vectors = finalize(
+            stacked, normalize=request.normalize, dimensions=request.options.dimensions
+        )
+        result = EmbeddingResult(
+            vectors=vectors.numpy().astype(np.float32, copy=False),
+            token_counts=[len(s) for s in request.sequences],
+        )
+        request.loop.call_soon_threadsafe(_resolve, request.future, result, None)
+
+    def _fail(self, requests: set[_Request], error: Exception) -> None:
+        with self._cond:
+            for request in requests:
+                request.abandoned = True
+            self._drop_abandoned()
+        failure = BatchFailedError(f"the model failed on this batch: {type(error).__name__}")
+        for request in requests:
+            request.loop.call_soon_threadsafe(_resolve, request.future, None, failure)
+
+
+def _resolve(
+    future: asyncio.Future[EmbeddingResult],
+    result: EmbeddingResult | None,
+    error: BaseException | None,
+) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        assert result is not None
+        future.set_result(result)

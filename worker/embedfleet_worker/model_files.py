@@ -1,0 +1,152 @@
+"""What a model folder says about itself: where it is (local folder or hub id at a pinned
+revision), its sentence-transformers pooling and normalisation, its context length, and a
+fingerprint that identifies exactly the files loaded."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from embedfleet_worker.pooling import PoolingMode
+
+# Files that decide the model's behaviour; hashed in full (they are small).
+_DESCRIPTOR_FILES = (
+    "config.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "1_Pooling/config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+)
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+_SAMPLE_BYTES = 1 << 20  # per weight file: header + three 1 MiB windows
+_SUPPORTED_MODULES = {
+    "sentence_transformers.models.Transformer",
+    "sentence_transformers.models.Pooling",
+    "sentence_transformers.models.Normalize",
+}
+QWEN3_CONTEXT = 32768
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    path: Path
+    model_type: str
+    hidden_size: int
+    vocab_size: int
+    pooling: PoolingMode
+    normalize_by_default: bool
+    max_input_tokens: int
+
+
+def resolve_model_dir(model: str, revision: str | None = None) -> Path:
+    """A local folder as is; otherwise a Hugging Face hub id fetched at `revision` (honours
+    HF_HUB_OFFLINE and the hub cache, so a pre-populated cache works without network)."""
+    local = Path(model).expanduser()
+    if local.is_dir():
+        return local.resolve()
+    from huggingface_hub import snapshot_download
+
+    return Path(
+        snapshot_download(
+            model,
+            revision=revision,
+            allow_patterns=[*_DESCRIPTOR_FILES, "*.safetensors", "*.safetensors.index.json"],
+        )
+    )
+
+
+def describe_model(path: Path) -> ModelDescription:
+    config = _read_json(path / "config.json")
+    if config is None:
+        raise ValueError(f"{path} has no config.json; is it a Hugging Face model folder?")
+    model_type = str(config.get("model_type", ""))
+    pooling, normalize, st_max = _sentence_transformers_settings(path, model_type)
+    context = int(config.get("max_position_embeddings", 512))
+    if model_type == "qwen3":
+        context = min(context, QWEN3_CONTEXT)
+    return ModelDescription(
+        path=path,
+        model_type=model_type,
+        hidden_size=int(config["hidden_size"]),
+        vocab_size=int(config["vocab_size"]),
+        pooling=pooling,
+        normalize_by_default=normalize,
+        max_input_tokens=min(st_max, context) if st_max else context,
+    )
+
+
+def _sentence_transformers_settings(
+    path: Path, model_type: str
+) -> tuple[PoolingMode, bool, int | None]:
+    modules = _read_json(path / "modules.json")
+    st_config = _read_json(path / "sentence_bert_config.json") or {}
+    max_seq = st_config.get("max_seq_length")
+    if modules is None:
+        # No sentence-transformers files: Qwen3-Embedding's convention, else mean pooling.
+        mode = PoolingMode.LAST_TOKEN if model_type == "qwen3" else PoolingMode.MEAN
+        return mode, True, int(max_seq) if max_seq else None
+    unsupported = {m["type"] for m in modules} - _SUPPORTED_MODULES
+    if unsupported:
+        raise ValueError(f"unsupported sentence-transformers modules: {sorted(unsupported)}")
+    pooling_module = next(
+        (m for m in modules if m["type"].endswith(".Pooling")), {"path": "1_Pooling"}
+    )
+    pooling_config = _read_json(path / pooling_module["path"] / "config.json") or {}
+    mode = _pooling_mode(pooling_config, model_type)
+    normalize = any(m["type"].endswith(".Normalize") for m in modules)
+    return mode, normalize, int(max_seq) if max_seq else None
+
+
+def _pooling_mode(pooling_config: dict[str, Any], model_type: str) -> PoolingMode:
+    if pooling_config.get("pooling_mode_lasttoken"):
+        return PoolingMode.LAST_TOKEN
+    if pooling_config.get("pooling_mode_cls_token"):
+        return PoolingMode.CLS
+    if pooling_config.get("pooling_mode_mean_tokens"):
+        return PoolingMode.MEAN
+    named = pooling_config.get("pooling_mode")
+    if isinstance(named, str) and named in {m.value for m in PoolingMode}:
+        return PoolingMode(named)
+    if any(
+        pooling_config.get(k)
+        for k in ("pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens")
+    ):
+        raise ValueError(f"unsupported pooling configuration: {pooling_config}")
+    return PoolingMode.LAST_TOKEN if model_type == "qwen3" else PoolingMode.MEAN
+
+
+def fingerprint(path: Path) -> str:
+    """sha256 over the descriptor files and, for each weight file, its name, size, header and
+    three 1 MiB windows (start, middle, end): changes when any file is swapped or rewritten,
+    yet costs milliseconds on 8 GB of weights."""
+    digest = hashlib.sha256()
+    for name in _DESCRIPTOR_FILES:
+        file = path / name
+        if file.is_file():
+            digest.update(name.encode() + b"\0" + file.read_bytes())
+    weights = sorted(p for p in path.iterdir() if p.name.endswith(_WEIGHT_SUFFIXES))
+    if not weights:
+        raise ValueError(f"{path} holds no weight files (*.safetensors or *.bin)")
+    for file in weights:
+        size = file.stat().st_size
+        digest.update(f"{file.name}\0{size}\0".encode())
+        with file.open("rb") as handle:
+            for offset in (0, max(0, size // 2 - _SAMPLE_BYTES // 2), max(0, size - _SAMPLE_BYTES)):
+                handle.seek(offset)
+                digest.update(handle.read(_SAMPLE_BYTES))
+    return "sha256:" + digest.hexdigest()[:32]
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())

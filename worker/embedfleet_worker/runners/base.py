@@ -1,0 +1,24 @@
+"""The interface every runner implements; the engine knows nothing else about models."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+
+from embedfleet_worker.pooling import PoolingMode
+
+
+class EmbeddingRunner(Protocol):
+    """Runs the model on already-formatted token-id sequences (instruction, special tokens and
+    EOS applied by the tokenisation layer) and returns one pooled vector per sequence."""
+
+    hidden_size: int
+    pooling: PoolingMode
+    device: torch.device
+    dtype: torch.dtype
+
+    def embed(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+        """[N, hidden_size] float32 pooled vectors, not normalised, in input order."""
+        ...

@@ -1,0 +1,157 @@
+"""Turns request inputs (strings or token ids) into the exact token sequences the model's
+authors intend: instruction prompt, the model's special-token template, truncation that keeps
+the closing token, and for last-token pooling a terminator guaranteed exactly once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from embedfleet_worker.errors import InputTooLongError, InvalidInputError
+from embedfleet_worker.options import EmbedOptions, effective_instruction, query_text
+from embedfleet_worker.pooling import PoolingMode
+
+# Qwen3-Embedding's official tokenizer appends this token; last-token pooling reads it.
+QWEN_TERMINATOR = "<|endoftext|>"
+
+Input = str | Sequence[int]
+
+
+@dataclass(frozen=True)
+class SequenceTemplate:
+    """Special tokens around one sequence's content, e.g. BERT's [CLS] ... [SEP]."""
+
+    prefix: tuple[int, ...] = ()
+    suffix: tuple[int, ...] = ()
+    # Last-token pooling: the suffix must end with this id, and the content must not.
+    terminator: int | None = None
+
+    @property
+    def overhead(self) -> int:
+        return len(self.prefix) + len(self.suffix)
+
+
+def apply_template(
+    content: Sequence[int],
+    template: SequenceTemplate,
+    *,
+    max_tokens: int,
+    truncate: bool,
+    index: int = 0,
+) -> list[int]:
+    """prefix + content + suffix, cutting the content (never the template) to `max_tokens`."""
+    body = list(content)
+    if template.terminator is not None:
+        # A terminator the user (or a tokenizer's post-processor) already put at the end
+        # would be doubled; it is the template's job to add exactly one.
+        while body and body[-1] == template.terminator:
+            body.pop()
+    room = max_tokens - template.overhead
+    if room < 1:
+        raise ValueError(f"max_tokens={max_tokens} leaves no room inside the template")
+    if len(body) > room:
+        if not truncate:
+            raise InputTooLongError(
+                f"input {index} has {len(body) + template.overhead} tokens, more than the "
+                f"maximum of {max_tokens}; shorten it or allow truncation",
+                param="input",
+            )
+        body = body[:room]
+    return [*template.prefix, *body, *template.suffix]
+
+
+def probe_template(tokenizer: Any, pooling: PoolingMode) -> SequenceTemplate:
+    """Reads the special-token template off the tokenizer by encoding a probe with and without
+    special tokens. For last-token pooling the sequence must end in a terminator: the
+    tokenizer's own closing token if its post-processor adds one, else `<|endoftext|>`."""
+    probe = "embedfleet"
+    bare: list[int] = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full: list[int] = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    start = next(
+        (i for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare), None
+    )
+    if start is None:
+        raise ValueError("cannot locate the content inside the tokenizer's template")
+    prefix, suffix = tuple(full[:start]), tuple(full[start + len(bare) :])
+    if pooling is not PoolingMode.LAST_TOKEN:
+        return SequenceTemplate(prefix, suffix)
+    if suffix:
+        return SequenceTemplate(prefix, suffix, terminator=suffix[-1])
+    terminator = tokenizer.convert_tokens_to_ids(QWEN_TERMINATOR)
+    if not isinstance(terminator, int) or terminator == tokenizer.unk_token_id:
+        terminator = tokenizer.eos_token_id
+    if terminator is None:
+        raise ValueError("last-token pooling needs an end-of-text token; the tokenizer has none")
+    return SequenceTemplate(prefix, (terminator,), terminator=terminator)
+
+
+class InputEncoder:
+    """Stateless after construction, so it is safe to call from several threads at once."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        template: SequenceTemplate,
+        *,
+        max_input_tokens: int,
+        vocab_size: int,
+        default_instruction: str | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.template = template
+        self.max_input_tokens = max_input_tokens
+        self.vocab_size = vocab_size
+        self.default_instruction = default_instruction
+
+    def format_text(self, text: str, options: EmbedOptions) -> str:
+        instruction = effective_instruction(options, self.default_instruction)
+        return text if instruction is None else query_text(instruction, text)
+
+    def encode(self, inputs: Sequence[Input], options: EmbedOptions) -> list[list[int]]:
+        """One token sequence per input, in order; raises InvalidInputError naming the input."""
+        texts: list[str] = []
+        for index, item in enumerate(inputs):
+            if isinstance(item, str):
+                if not item:
+                    raise InvalidInputError(f"input {index} is an empty string", param="input")
+                texts.append(self.format_text(item, options))
+        encoded_texts = iter(self._tokenize(texts)) if texts else iter(())
+        sequences: list[list[int]] = []
+        for index, item in enumerate(inputs):
+            if isinstance(item, str):
+                content = next(encoded_texts)
+            else:
+                content = self._check_token_ids(item, index)
+                instruction = effective_instruction(options, self.default_instruction)
+                if instruction is not None:
+                    prompt = self._tokenize([query_text(instruction, "")])[0]
+                    content = [*prompt, *content]
+            sequences.append(
+                apply_template(
+                    content,
+                    self.template,
+                    max_tokens=self.max_input_tokens,
+                    truncate=options.truncate,
+                    index=index,
+                )
+            )
+        return sequences
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        ids: list[list[int]] = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return ids
+
+    def _check_token_ids(self, ids: Sequence[int], index: int) -> list[int]:
+        if len(ids) == 0:
+            raise InvalidInputError(f"input {index} is an empty list of token ids", param="input")
+        for token in ids:
+            if isinstance(token, bool) or not isinstance(token, int):
+                raise InvalidInputError(f"input {index} holds a non-integer token", param="input")
+            if not 0 <= token < self.vocab_size:
+                raise InvalidInputError(
+                    f"input {index} holds token id {token}, outside the vocabulary "
+                    f"[0, {self.vocab_size})",
+                    param="input",
+                )
+        return list(ids)
