@@ -174,3 +174,22 @@ def test_single_queries_are_not_starved_by_a_bulk_request(qwen3: LoadedModel) ->
     print(f"query p99 solo {solo_p99 * 1e3:.1f} ms, under bulk {mixed_p99 * 1e3:.1f} ms")
     # Without interleaving each query would wait for the whole bulk request (seconds).
     assert mixed_p99 <= 10 * solo_p99 + 0.05
+
+
+def test_hub_id_at_a_pinned_revision_loads_from_the_cache(
+    tiny_qwen3_dir: Path, tmp_path: Path
+) -> None:
+    """The hub code path, offline: a cache laid out as huggingface_hub writes it."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--embedfleet--tiny-qwen3"
+    shutil.copytree(tiny_qwen3_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "v1").write_text(commit)
+    spec = ModelSpec(
+        model="embedfleet/tiny-qwen3", revision="v1", device="cpu", cache_dir=tmp_path, offline=True
+    )
+    loaded = load_model(spec)
+    assert loaded.description.path == repo / "snapshots" / commit
+    assert loaded.fingerprint == fingerprint(tiny_qwen3_dir)
+    with pytest.raises(Exception, match=r"(?i)revision|cache|snapshot|local"):
+        load_model(ModelSpec(**{**spec.__dict__, "revision": "v2"}))

@@ -122,6 +122,10 @@ class EmbeddingEngine:
         self._tokenizers = ThreadPoolExecutor(
             self.config.tokenizer_threads, thread_name_prefix="embedfleet-tokenize"
         )
+        # Small requests get their own lane so they never queue behind bulk tokenisation.
+        self._interactive_tokenizer = ThreadPoolExecutor(
+            1, thread_name_prefix="embedfleet-tokenize-interactive"
+        )
         self.busy_seconds = 0.0
 
     # ----------------------------------------------------------------------- lifecycle
@@ -139,6 +143,7 @@ class EmbeddingEngine:
         if self._thread is not None:
             self._thread.join(timeout)
         self._tokenizers.shutdown(wait=False, cancel_futures=True)
+        self._interactive_tokenizer.shutdown(wait=False, cancel_futures=True)
 
     @property
     def running(self) -> bool:
@@ -280,6 +285,13 @@ class EmbeddingEngine:
         failure = BatchFailedError(f"the model failed on this batch: {type(error).__name__}")
         for request in requests:
             request.loop.call_soon_threadsafe(_resolve, request.future, None, failure)
+
+
+def _is_small(inputs: Sequence[Input]) -> bool:
+    """A request cheap to tokenise: a few short inputs (roughly 4 characters per token)."""
+    if len(inputs) > 8:
+        return False
+    return sum(len(i) if isinstance(i, str) else len(i) * 4 for i in inputs) <= 8192
 
 
 def _resolve(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -32,6 +33,8 @@ class ModelSpec:
     runner: RunnerName = "auto"
     max_input_tokens: int | None = None  # None: the model's context
     default_instruction: str | None = None
+    cache_dir: Path | None = None  # hub cache (the model cache volume in a pod)
+    offline: bool = False  # only the cache, never the network
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,9 @@ def resolve_dtype(name: DTypeName, device: torch.device) -> torch.dtype:
 def load_model(spec: ModelSpec) -> LoadedModel:
     from transformers import AutoTokenizer
 
-    path = resolve_model_dir(spec.model, spec.revision)
+    path = resolve_model_dir(
+        spec.model, spec.revision, cache_dir=spec.cache_dir, offline=spec.offline
+    )
     description = describe_model(path)
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)

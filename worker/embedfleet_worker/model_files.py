@@ -47,9 +47,16 @@ class ModelDescription:
     max_input_tokens: int
 
 
-def resolve_model_dir(model: str, revision: str | None = None) -> Path:
-    """A local folder as is; otherwise a Hugging Face hub id fetched at `revision` (honours
-    HF_HUB_OFFLINE and the hub cache, so a pre-populated cache works without network)."""
+def resolve_model_dir(
+    model: str,
+    revision: str | None = None,
+    *,
+    cache_dir: Path | None = None,
+    offline: bool = False,
+) -> Path:
+    """A local folder as is; otherwise a Hugging Face hub id at `revision` (branch, tag or
+    commit), downloaded into `cache_dir` (the hub cache by default). `offline` (or
+    HF_HUB_OFFLINE=1) serves it from the cache only, e.g. a pre-populated model volume."""
     local = Path(model).expanduser()
     if local.is_dir():
         return local.resolve()
@@ -59,6 +66,8 @@ def resolve_model_dir(model: str, revision: str | None = None) -> Path:
         snapshot_download(
             model,
             revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=offline,
             allow_patterns=[*_DESCRIPTOR_FILES, "*.safetensors", "*.safetensors.index.json"],
         )
     )

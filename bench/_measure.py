@@ -1,0 +1,114 @@
+"""Measurement helpers for bench/engine.py: progress log, synchronised timing, GPU memory
+accounting with OOM turned into a status, latency percentiles, cosine agreement, ratios."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from embedfleet_worker.errors import BatchFailedError
+
+T = TypeVar("T")
+STARTED = time.perf_counter()
+
+
+def log(message: str) -> None:
+    print(f"[{time.perf_counter() - STARTED:7.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def allocated(device: torch.device) -> int | None:
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+
+
+def free_memory(device: torch.device) -> None:
+    """After an OOM: drop what the failed phase left and hand cached blocks back."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def is_oom(error: BaseException) -> bool:
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    if isinstance(error, RuntimeError) and "out of memory" in str(error).lower():
+        return True  # e.g. cuBLAS failing to allocate its workspace
+    # The engine reports a failed batch by the exception's type name only.
+    return isinstance(error, BatchFailedError) and "OutOfMemoryError" in str(error)
+
+
+@dataclass
+class Phase:
+    """One system on one workload: throughput figures, or status "OOM"."""
+
+    status: str = "ok"
+    wall_s: float | None = None
+    texts: int | None = None
+    tokens: int | None = None
+    padded_tokens: int | None = None
+    tokens_per_s: float | None = None
+    texts_per_s: float | None = None
+    start_mem_bytes: int | None = None
+    peak_mem_bytes: int | None = None
+    latency_ms: dict[str, float] | None = None
+
+
+async def measured(
+    device: torch.device, work: Callable[[], Awaitable[T]]
+) -> tuple[T | None, Phase]:
+    """Runs `work` with synchronised timing and peak-memory accounting; OOM becomes a status.
+    The caching allocator keeps its blocks between phases (no empty_cache unless a phase ran
+    out of memory), so no phase pays for cudaMalloc that the one before had already paid."""
+    gc.collect()
+    sync(device)
+    phase = Phase(start_mem_bytes=allocated(device))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    try:
+        value = await work()
+        sync(device)
+    except Exception as error:
+        if not is_oom(error):
+            raise
+        phase.status = "OOM"
+        value = None
+        log(f"OOM: {error}")
+    phase.wall_s = time.perf_counter() - started
+    if device.type == "cuda":
+        phase.peak_mem_bytes = torch.cuda.max_memory_allocated(device)
+    if phase.status == "OOM":
+        free_memory(device)
+    return value, phase
+
+
+def percentiles(latencies_s: Sequence[float]) -> dict[str, float]:
+    ms = np.asarray(latencies_s) * 1000.0
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "runs": float(len(ms)),
+    }
+
+
+def cosine_stats(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> dict[str, float]:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    cos = (a64 * b64).sum(1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
+    return {"min": float(cos.min()), "mean": float(cos.mean())}
+
+
+def ratio(ours: float | None, theirs: float | None) -> float | None:
+    return ours / theirs if ours is not None and theirs else None
