@@ -7,7 +7,7 @@ export EMBEDFLEET_CACHE ?= $(HOME)/.cache/embedfleet
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 EXTRAS := operator,worker,test
 
-.PHONY: test venv binaries lint unit pytest gpu-test bench-smoke clean
+.PHONY: test venv binaries lint unit pytest serve bench-smoke clean
 
 test: venv binaries lint pytest
 
@@ -32,6 +32,13 @@ lint: venv
 # pytest exits 5 when no test ran; make treats every non-zero status as failure.
 pytest: venv binaries
 	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+# The README's one command to run a worker here: the offline all-MiniLM-L6-v2 on CPU.
+serve: venv
+	$(BIN)/embedfleet-worker serve --host 127.0.0.1 --port $${PORT:-8000} $(SERVE_ARGS)
+
+bench-smoke: venv
+	PYTHONPATH=worker:. $(BIN)/python bench/engine.py --device cpu --model tiny --quick
 
 unit: venv
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,7 +46,8 @@ def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator
     from tests.cluster.processes import wait_until
 
     core = kubernetes.client.CoreV1Api(cluster.api_client())
-    name = ("t-" + re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()))[:50].strip("-")
+    slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:40].strip("-")
+    name = f"t-{slug}-{uuid.uuid4().hex[:6]}"  # unique: parametrized names share a prefix
     core.create_namespace({"metadata": {"name": name}})
     wait_until(lambda: core.read_namespaced_service_account("default", name), 30, "default SA")
     yield name

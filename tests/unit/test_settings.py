@@ -1,0 +1,55 @@
+"""Worker settings: flags, EMBEDFLEET_* environment variables, and which one wins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from embedfleet_worker.settings import WorkerSettings, parse_settings
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "expected"),
+    [
+        ([], {}, {}),
+        (["--model", "/m", "--port", "9000"], {}, {"model": "/m", "port": 9000}),
+        ([], {"EMBEDFLEET_MODEL": "Qwen/Qwen3-Embedding-4B", "EMBEDFLEET_REVISION": "v1"},
+         {"model": "Qwen/Qwen3-Embedding-4B", "revision": "v1"}),
+        (["--max-batch-tokens", "4096"], {"EMBEDFLEET_MAX_BATCH_TOKENS": "8192"},
+         {"max_batch_tokens": 4096}),
+        ([], {"EMBEDFLEET_MAX_BATCH_TOKENS": "8192"}, {"max_batch_tokens": 8192}),
+        ([], {"EMBEDFLEET_SERVED_MODEL_NAME": "a, b"}, {"served_model_names": ("a", "b")}),
+        (["--served-model-name", "x", "--served-model-name", "y"], {},
+         {"served_model_names": ("x", "y")}),
+        ([], {"EMBEDFLEET_API_KEY_FILE": "/k"}, {"api_key_file": Path("/k")}),
+        ([], {"EMBEDFLEET_OFFLINE": "true"}, {"offline": True}),
+        ([], {"EMBEDFLEET_DTYPE": "bfloat16"}, {"dtype": "bfloat16"}),
+    ],
+)  # fmt: skip
+def test_parse_settings(
+    argv: list[str], environ: dict[str, str], expected: dict[str, object]
+) -> None:
+    settings = parse_settings(argv, environ)
+    for key, value in expected.items():
+        assert getattr(settings, key) == value
+    defaults = WorkerSettings()
+    untouched = set(vars(defaults)) - set(expected)
+    assert all(getattr(settings, k) == getattr(defaults, k) for k in untouched)
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ"),
+    [
+        (["--max-batch-tokens", "0"], {}),
+        ([], {"EMBEDFLEET_MAX_BATCH_TOKENS": "lots"}),
+        (["--dtype", "int4"], {}),
+    ],
+)
+def test_bad_settings_exit_with_a_message(
+    argv: list[str], environ: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as raised:
+        parse_settings(argv, environ)
+    assert raised.value.code == 2
+    assert "error" in capsys.readouterr().err

@@ -1,0 +1,89 @@
+"""Request and response bodies of the OpenAI-compatible API (they also make the OpenAPI
+schema). Field semantics: DESIGN.md's request path."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from embedfleet_worker.options import InputType
+
+TokenIds = list[Annotated[StrictInt, Field(ge=0)]]
+EmbeddingInput = StrictStr | list[StrictStr] | TokenIds | list[TokenIds]
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    input: EmbeddingInput = Field(
+        description="A string, a list of strings, a list of token ids, or a list of lists of "
+        "token ids."
+    )
+    model: StrictStr | None = Field(default=None, description="A served model name.")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: StrictInt | None = Field(default=None, description="Matryoshka truncation.")
+    user: StrictStr | None = None
+    instruction: StrictStr | None = Field(
+        default=None, description="Task text: the input becomes `Instruct: ...\\nQuery:...`."
+    )
+    input_type: InputType | None = None
+    normalize: StrictBool | None = None
+    truncate: StrictBool = True
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: Usage
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    input: StrictStr | list[StrictStr]
+    model: StrictStr | None = None
+    instruction: StrictStr | None = None
+    input_type: InputType | None = None
+    truncate: StrictBool = True
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[list[int]]
+    counts: list[int]
+    model: str
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "embedfleet"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,128 @@
+"""The worker's Prometheus metrics: the one place their names live (DESIGN.md's table is the
+contract the autoscaler reads). Each server owns its registry, so tests can run several."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+REQUESTS_TOTAL = "embedfleet_requests_total"
+INPUTS_TOTAL = "embedfleet_inputs_total"
+INPUT_TOKENS_TOTAL = "embedfleet_input_tokens_total"
+REQUEST_DURATION = "embedfleet_request_duration_seconds"
+QUEUE_WAIT = "embedfleet_queue_wait_seconds"
+BATCH_TOKENS = "embedfleet_batch_tokens"
+BATCH_SIZE = "embedfleet_batch_size"
+QUEUE_TOKENS = "embedfleet_queue_tokens"
+QUEUE_REQUESTS = "embedfleet_queue_requests"
+ENGINE_BUSY = "embedfleet_engine_busy_seconds_total"
+GPU_UTILIZATION = "embedfleet_gpu_utilization_ratio"
+GPU_MEMORY_USED = "embedfleet_gpu_memory_used_bytes"
+MODEL_INFO = "embedfleet_model_info"
+
+# `*_created` series double the scrape size and nothing here reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_TOKEN_BUCKETS = tuple(float(2**i) for i in range(4, 16))
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class WorkerMetrics:
+    """Implements the engine's observer hooks and the HTTP layer's counters."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        # prometheus_client appends `_total` to counters itself.
+        self.requests = Counter(
+            REQUESTS_TOTAL.removesuffix("_total"),
+            "Finished API requests by status code.",
+            ["code"],
+            registry=r,
+        )
+        self.inputs = Counter(INPUTS_TOTAL.removesuffix("_total"), "Texts embedded.", registry=r)
+        self.input_tokens = Counter(
+            INPUT_TOKENS_TOTAL.removesuffix("_total"), "Tokens embedded.", registry=r
+        )
+        self.request_duration = Histogram(
+            REQUEST_DURATION,
+            "End-to-end API request duration.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            QUEUE_WAIT, "Admission to first batch start.", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.batch_tokens = Histogram(
+            BATCH_TOKENS, "Tokens per executed batch.", buckets=_TOKEN_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            BATCH_SIZE, "Inputs per executed batch.", buckets=_SIZE_BUCKETS, registry=r
+        )
+        self.queue_tokens = Gauge(QUEUE_TOKENS, "Tokens waiting now.", registry=r)
+        self.queue_requests = Gauge(QUEUE_REQUESTS, "Requests waiting now.", registry=r)
+        self.engine_busy = Counter(
+            ENGINE_BUSY.removesuffix("_total"),
+            "Seconds the model was computing; its rate is the engine's utilisation.",
+            registry=r,
+        )
+        self.model_info = Gauge(
+            MODEL_INFO,
+            "The loaded model (value 1).",
+            ["model", "revision", "dtype", "fingerprint"],
+            registry=r,
+        )
+        with contextlib.suppress(Exception):  # no NVML: the GPU gauges are simply absent
+            r.register(GpuCollector.create())
+
+    # EngineObserver -------------------------------------------------------------------
+    def on_batch(self, num_inputs: int, num_tokens: int, busy_seconds: float) -> None:
+        self.batch_size.observe(num_inputs)
+        self.batch_tokens.observe(num_tokens)
+        self.engine_busy.inc(busy_seconds)
+
+    def on_queue_wait(self, seconds: float) -> None:
+        self.queue_wait.observe(seconds)
+
+    def on_queue_depth(self, tokens: int, requests: int) -> None:
+        self.queue_tokens.set(tokens)
+        self.queue_requests.set(requests)
+
+
+class GpuCollector(Collector):
+    """Reads NVML at scrape time for the GPUs this process can see."""
+
+    def __init__(self, nvml: Any, handles: list[Any]) -> None:
+        self._nvml = nvml
+        self._handles = handles
+
+    @classmethod
+    def create(cls) -> GpuCollector:
+        import pynvml
+
+        pynvml.nvmlInit()
+        count = pynvml.nvmlDeviceGetCount()
+        if count == 0:
+            raise RuntimeError("no GPU")
+        return cls(pynvml, [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)])
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        utilization = GaugeMetricFamily(
+            GPU_UTILIZATION,
+            "GPU busy fraction over the last sample period (NVML).",
+            labels=["gpu"],
+        )
+        memory = GaugeMetricFamily(GPU_MEMORY_USED, "GPU memory in use (NVML).", labels=["gpu"])
+        for index, handle in enumerate(self._handles):
+            rates = self._nvml.nvmlDeviceGetUtilizationRates(handle)
+            info = self._nvml.nvmlDeviceGetMemoryInfo(handle)
+            utilization.add_metric([str(index)], rates.gpu / 100.0)
+            memory.add_metric([str(index)], float(info.used))
+        yield utilization
+        yield memory

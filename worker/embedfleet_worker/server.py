@@ -1,0 +1,58 @@
+"""Runs the app under uvicorn with a graceful drain: on SIGTERM (or SIGINT) `/ready` turns 503
+at once and new API requests get 503 while the socket stays open (endpoints take a moment to
+drop the pod); in-flight requests finish, bounded by the drain timeout; then the process
+exits 0. A second signal exits at once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from types import FrameType
+
+import uvicorn
+
+from embedfleet_worker.app import create_app
+from embedfleet_worker.logs import configure_logging
+from embedfleet_worker.settings import WorkerSettings
+from embedfleet_worker.worker_state import WorkerState
+
+log = logging.getLogger("embedfleet.worker")
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, state: WorkerState) -> None:
+        super().__init__(config)
+        self.state = state
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.state.draining:
+            super().handle_exit(sig, frame)  # second signal: stop now
+            return
+        self.state.draining = True
+        log.info("draining", extra={"signal": sig, "in_flight": self.state.in_flight})
+        threading.Thread(target=self._finish_drain, name="embedfleet-drain", daemon=True).start()
+
+    def _finish_drain(self) -> None:
+        deadline = time.monotonic() + self.state.settings.drain_timeout_seconds
+        while self.state.in_flight > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log.info("drained", extra={"in_flight_left": self.state.in_flight})
+        self.should_exit = True
+
+
+def serve(settings: WorkerSettings) -> int:
+    configure_logging(settings.log_level)
+    state = WorkerState.from_settings(settings)
+    config = uvicorn.Config(
+        create_app(state),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    server = DrainingServer(config, state)
+    server.run()
+    return 0 if state.load_error is None else 1
