@@ -1,0 +1,296 @@
+"""The EmbeddingService CRD: the one schema definition. `deploy/crd/` holds the YAML that
+`python -m embedfleet_operator.crd` writes from it; a test keeps the two equal."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import yaml
+
+GROUP = "embedfleet.dev"
+VERSION = "v1alpha1"
+KIND = "EmbeddingService"
+PLURAL = "embeddingservices"
+SINGULAR = "embeddingservice"
+SHORT_NAMES = ["embsvc"]
+CRD_NAME = f"{PLURAL}.{GROUP}"
+DEFAULT_IMAGE = "ghcr.io/embedfleet/worker:0.1.0"
+
+Schema = dict[str, Any]
+
+
+def _int(minimum: int | None = None, maximum: int | None = None, **extra: Any) -> Schema:
+    schema: Schema = {"type": "integer", **extra}
+    if minimum is not None:
+        schema["minimum"] = minimum
+    if maximum is not None:
+        schema["maximum"] = maximum
+    return schema
+
+
+def _str(**extra: Any) -> Schema:
+    return {"type": "string", **extra}
+
+
+def _obj(
+    properties: Schema,
+    *,
+    required: list[str] | None = None,
+    rules: list[dict[str, str]] | None = None,
+    preserve_unknown: bool = False,
+    **extra: Any,
+) -> Schema:
+    schema: Schema = {"type": "object", "properties": properties, **extra}
+    if required:
+        schema["required"] = required
+    if rules:
+        schema["x-kubernetes-validations"] = rules
+    if preserve_unknown:
+        schema["x-kubernetes-preserve-unknown-fields"] = True
+    return schema
+
+
+_QUANTITY = {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}
+_FREEFORM = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+def _model() -> Schema:
+    return _obj(
+        {
+            "name": _str(minLength=1, description="Local path in the image or hub id."),
+            "revision": _str(description="Hub revision to pin: branch, tag or commit."),
+            "dtype": _str(enum=["auto", "bfloat16", "float16", "float32"], default="auto"),
+            "cache": _obj(
+                {
+                    "pvc": _str(minLength=1, description="Existing PVC holding the hub cache."),
+                    "emptyDirSizeLimit": {**_QUANTITY, "default": "50Gi"},
+                },
+                description="Where model files are cached (mounted at /models).",
+                rules=[
+                    {
+                        "rule": "!(has(self.pvc) && has(self.emptyDirSizeLimit))",
+                        "message": "set either pvc or emptyDirSizeLimit, not both",
+                    }
+                ],
+            ),
+        },
+        required=["name"],
+    )
+
+
+def _engine() -> Schema:
+    return _obj(
+        {
+            "maxBatchTokens": _int(256, 1 << 20, default=16384),
+            "maxBatchSize": _int(1, 4096, default=256),
+            "maxInputTokens": _int(2, 131072),
+            "maxQueueTokens": _int(1024, default=1 << 20),
+            "maxInputsPerRequest": _int(1, 100000, default=2048),
+            "defaultInstruction": _str(),
+            "drainTimeoutSeconds": _int(1, 3600, default=30),
+        },
+        default={},
+    )
+
+
+AUTOSCALING_DEFAULTS: Schema = {
+    "enabled": True,
+    "minReplicas": 1,
+    "maxReplicas": 4,
+    "targetGPUUtilizationPercent": 65,
+    "idleTimeoutSeconds": 120,
+    "scaleDownStabilizationSeconds": 300,
+}
+
+
+def _autoscaling() -> Schema:
+    return _obj(
+        {
+            "enabled": {"type": "boolean", "default": True},
+            "minReplicas": _int(0, 1000, default=1),
+            "maxReplicas": _int(1, 1000, default=4),
+            # No field default: the object's default carries it, so an explicit autoscaling
+            # block must name its targets (the CEL rule below).
+            "targetGPUUtilizationPercent": _int(1, 100),
+            "targetTokensPerSecondPerReplica": _int(1),
+            "targetRequestsPerSecondPerReplica": _int(1),
+            "idleTimeoutSeconds": _int(0, 86400, default=120),
+            "scaleDownStabilizationSeconds": _int(0, 86400, default=300),
+        },
+        default=AUTOSCALING_DEFAULTS,
+        rules=[
+            {
+                "rule": "self.minReplicas <= self.maxReplicas",
+                "message": "minReplicas must not exceed maxReplicas",
+            },
+            {
+                "rule": "!self.enabled || has(self.targetGPUUtilizationPercent) || "
+                "has(self.targetTokensPerSecondPerReplica) || "
+                "has(self.targetRequestsPerSecondPerReplica)",
+                "message": "at least one autoscaling target is required",
+            },
+        ],
+    )
+
+
+def spec_schema() -> Schema:
+    return _obj(
+        {
+            "model": _model(),
+            "image": _str(minLength=1, default=DEFAULT_IMAGE),
+            "imagePullPolicy": _str(
+                enum=["Always", "IfNotPresent", "Never"], default="IfNotPresent"
+            ),
+            "replicas": _int(0, 1000, description="Replica count when autoscaling is off."),
+            "resources": _obj(
+                {
+                    "gpus": _int(0, 16, default=1),
+                    "memory": {**_QUANTITY, "default": "32Gi"},
+                    "cpu": {**_QUANTITY, "default": "4"},
+                },
+                default={},
+            ),
+            "engine": _engine(),
+            "autoscaling": _autoscaling(),
+            "startupTimeoutSeconds": _int(
+                30, 7200, default=1800, description="Budget for downloading and loading the model."
+            ),
+            "nodeSelector": _STRING_MAP,
+            "tolerations": {"type": "array", "items": _FREEFORM},
+            "affinity": _FREEFORM,
+            "priorityClassName": _str(),
+            "podLabels": _STRING_MAP,
+            "podAnnotations": _STRING_MAP,
+            "service": _obj(
+                {
+                    "type": _str(
+                        enum=["ClusterIP", "NodePort", "LoadBalancer"], default="ClusterIP"
+                    ),
+                    "port": _int(1, 65535, default=8000),
+                },
+                default={},
+            ),
+            "apiKeySecretRef": _obj(
+                {"name": _str(minLength=1), "key": _str(minLength=1, default="api-key")},
+                required=["name"],
+            ),
+        },
+        required=["model"],
+    )
+
+
+def _condition() -> Schema:
+    return _obj(
+        {
+            "type": _str(),
+            "status": _str(enum=["True", "False", "Unknown"]),
+            "reason": _str(),
+            "message": _str(),
+            "lastTransitionTime": _str(format="date-time"),
+            "observedGeneration": _int(),
+        },
+        required=["type", "status"],
+    )
+
+
+def status_schema() -> Schema:
+    number = {"type": "number"}
+    return _obj(
+        {
+            "observedGeneration": _int(),
+            "conditions": {
+                "type": "array",
+                "items": _condition(),
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+            },
+            "replicas": _int(),
+            "readyReplicas": _int(),
+            "desiredReplicas": _int(),
+            "selector": _str(),
+            "endpoint": _str(),
+            "modelFingerprint": _str(),
+            "lastScaleTime": _str(format="date-time"),
+            "lastScaleReason": _str(),
+            "metrics": _obj(
+                {
+                    "gpuUtilizationPercent": number,
+                    "requestsPerSecond": number,
+                    "tokensPerSecond": number,
+                    "queueTokens": number,
+                }
+            ),
+        },
+        # kopf keeps its own bookkeeping in status when progress storage uses it.
+        preserve_unknown=True,
+    )
+
+
+def _columns() -> list[Schema]:
+    def column(name: str, type_: str, path: str, **extra: Any) -> Schema:
+        return {"name": name, "type": type_, "jsonPath": path, **extra}
+
+    ready = '.status.conditions[?(@.type=="Ready")].status'
+    return [
+        column("Model", "string", ".spec.model.name"),
+        column("Ready", "string", ready),
+        column("Replicas", "integer", ".status.replicas"),
+        column("Desired", "integer", ".status.desiredReplicas"),
+        column("GPU%", "number", ".status.metrics.gpuUtilizationPercent"),
+        column("RPS", "number", ".status.metrics.requestsPerSecond"),
+        column("Age", "date", ".metadata.creationTimestamp"),
+    ]
+
+
+def crd_manifest() -> Schema:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": CRD_NAME},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": SHORT_NAMES,
+                "categories": ["embedfleet"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": _obj(
+                            {"spec": spec_schema(), "status": status_schema()},
+                            required=["spec"],
+                            description="A fleet of embedding workers behind one endpoint.",
+                        )
+                    },
+                    "subresources": {
+                        "status": {},
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
+                    },
+                    "additionalPrinterColumns": _columns(),
+                }
+            ],
+        },
+    }
+
+
+def render() -> str:
+    header = "# Generated by `python -m embedfleet_operator.crd` from crd.py: do not edit.\n"
+    return header + yaml.safe_dump(crd_manifest(), sort_keys=False, width=100)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())

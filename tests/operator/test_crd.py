@@ -1,0 +1,136 @@
+"""The EmbeddingService CRD: the checked-in YAML is the generated one, the real apiserver
+accepts it as structural, applies its defaults, and rejects invalid specs with clear messages."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+import yaml
+
+from embedfleet_operator.crd import CRD_NAME, GROUP, PLURAL, VERSION, render
+from tests.cluster.controlplane import LocalCluster
+from tests.cluster.processes import wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_FILE = REPO / "deploy" / "crd" / f"{CRD_NAME}.yaml"
+SAMPLE: dict[str, Any] = {
+    "apiVersion": f"{GROUP}/{VERSION}",
+    "kind": "EmbeddingService",
+    "metadata": {"name": "qwen3-4b"},
+    "spec": {"model": {"name": "Qwen/Qwen3-Embedding-4B"}},
+}
+
+
+def test_checked_in_crd_is_generated_from_the_schema() -> None:
+    assert CRD_FILE.read_text() == render(), "run: python -m embedfleet_operator.crd > " + str(
+        CRD_FILE.relative_to(REPO)
+    )
+
+
+@pytest.fixture(scope="module")
+def crd(cluster: LocalCluster) -> kubernetes.client.CustomObjectsApi:
+    client = cluster.api_client()
+    extensions = kubernetes.client.ApiextensionsV1Api(client)
+    try:
+        extensions.create_custom_resource_definition(yaml.safe_load(CRD_FILE.read_text()))
+    except kubernetes.client.ApiException as error:
+        if error.status != 409:
+            raise
+
+    def established() -> bool:
+        status = extensions.read_custom_resource_definition(CRD_NAME).status
+        return any(c.type == "Established" and c.status == "True" for c in status.conditions or [])
+
+    wait_until(established, 30, "the CRD to be established")
+    return kubernetes.client.CustomObjectsApi(client)
+
+
+def create(api: kubernetes.client.CustomObjectsApi, namespace: str, body: dict[str, Any]) -> Any:
+    return api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+
+@pytest.mark.cluster
+def test_minimal_spec_gets_the_documented_defaults(
+    crd: kubernetes.client.CustomObjectsApi, namespace: str
+) -> None:
+    created = create(crd, namespace, SAMPLE)
+    spec = created["spec"]
+    assert spec["model"]["dtype"] == "auto"
+    assert spec["resources"] == {"gpus": 1, "memory": "32Gi", "cpu": "4"}
+    assert spec["engine"]["maxBatchTokens"] == 16384
+    assert spec["autoscaling"] == {
+        "enabled": True,
+        "minReplicas": 1,
+        "maxReplicas": 4,
+        "targetGPUUtilizationPercent": 65,
+        "idleTimeoutSeconds": 120,
+        "scaleDownStabilizationSeconds": 300,
+    }
+    assert spec["service"] == {"type": "ClusterIP", "port": 8000}
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    body = copy.deepcopy(SAMPLE)
+    *parents, leaf = path.split(".")
+    node = body["spec"]
+    for key in parents:
+        node = node.setdefault(key, {})
+    if value is _DELETE:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return body
+
+
+_DELETE = object()
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("autoscaling.minReplicas", 5, "minReplicas must not exceed maxReplicas"),
+        ("model.dtype", "int4", 'Unsupported value: "int4"'),
+        (
+            "autoscaling.targetTokensPerSecondPerReplica",
+            -10,
+            "should be greater than or equal to 1",
+        ),
+        ("autoscaling.targetGPUUtilizationPercent", 0, "should be greater than or equal to 1"),
+        ("autoscaling.maxReplicas", 0, "should be greater than or equal to 1"),
+        ("model", _DELETE, "spec.model: Required value"),
+        ("model.name", "", "spec.model.name: Invalid value"),
+        ("service.type", "ExternalName", 'Unsupported value: "ExternalName"'),
+        ("model.cache", {"pvc": "models", "emptyDirSizeLimit": "10Gi"}, "either pvc or emptyDir"),
+    ],
+)
+def test_invalid_specs_are_rejected_with_a_clear_message(
+    crd: kubernetes.client.CustomObjectsApi, namespace: str, path: str, value: Any, message: str
+) -> None:
+    body = _with(path, value)
+    body["metadata"]["name"] = "invalid"
+    with pytest.raises(kubernetes.client.ApiException) as raised:
+        create(crd, namespace, body)
+    assert raised.value.status == 422
+    assert message in json.loads(raised.value.body)["message"]
+
+
+@pytest.mark.cluster
+def test_an_explicit_autoscaling_block_must_name_a_target(
+    crd: kubernetes.client.CustomObjectsApi, namespace: str
+) -> None:
+    body = _with("autoscaling", {"minReplicas": 1, "maxReplicas": 2})
+    body["metadata"]["name"] = "no-target"
+    with pytest.raises(kubernetes.client.ApiException) as raised:
+        create(crd, namespace, body)
+    assert "at least one autoscaling target is required" in raised.value.body
+    tokens_only = _with("autoscaling", {"targetTokensPerSecondPerReplica": 5000})
+    tokens_only["metadata"]["name"] = "tokens-only"
+    created = create(crd, namespace, tokens_only)["spec"]["autoscaling"]
+    assert "targetGPUUtilizationPercent" not in created
+    assert (created["minReplicas"], created["maxReplicas"]) == (1, 4)

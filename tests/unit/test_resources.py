@@ -1,0 +1,146 @@
+"""Table-driven tests of the pure resource builders."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from embedfleet_operator.resources import (
+    build_deployment,
+    build_pdb,
+    build_service,
+    endpoint_url,
+    worker_environment,
+)
+
+BASE: dict[str, Any] = {
+    "apiVersion": "embedfleet.dev/v1alpha1",
+    "kind": "EmbeddingService",
+    "metadata": {"name": "qwen3-4b", "namespace": "ml", "uid": "u-1"},
+    "spec": {
+        "model": {"name": "Qwen/Qwen3-Embedding-4B", "dtype": "bfloat16"},
+        "image": "registry.local/worker:1",
+        "resources": {"gpus": 1, "memory": "32Gi", "cpu": "4"},
+        "engine": {"maxBatchTokens": 16384, "drainTimeoutSeconds": 30},
+        "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 4},
+        "startupTimeoutSeconds": 1800,
+        "service": {"type": "ClusterIP", "port": 8000},
+    },
+}
+
+
+def service_with(**spec: Any) -> dict[str, Any]:
+    body = copy.deepcopy(BASE)
+    body["spec"].update(spec)
+    return body
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
+    return result
+
+
+def env(deployment: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container(deployment)["env"]}
+
+
+def test_deployment_shape() -> None:
+    deployment = build_deployment(BASE)
+    pod = deployment["spec"]["template"]["spec"]
+    worker = container(deployment)
+    assert "replicas" not in deployment["spec"]  # the autoscaler owns it
+    assert deployment["metadata"]["ownerReferences"][0] == {
+        "apiVersion": "embedfleet.dev/v1alpha1",
+        "kind": "EmbeddingService",
+        "name": "qwen3-4b",
+        "uid": "u-1",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert worker["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert worker["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert (
+        worker["startupProbe"]["failureThreshold"] * worker["startupProbe"]["periodSeconds"] >= 1800
+    )
+    assert pod["terminationGracePeriodSeconds"] > 30
+    assert worker["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert env(deployment)["EMBEDFLEET_MODEL"] == "Qwen/Qwen3-Embedding-4B"
+    assert env(deployment)["EMBEDFLEET_DTYPE"] == "bfloat16"
+    assert env(deployment)["EMBEDFLEET_DEVICE"] == "cuda"
+
+
+@pytest.mark.parametrize(
+    ("spec", "check"),
+    [
+        ({"replicas": 3}, lambda d: "replicas" not in d["spec"]),
+        ({"resources": {"gpus": 0, "memory": "2Gi", "cpu": "1"}},
+         lambda d: "nvidia.com/gpu" not in container(d)["resources"]["limits"]
+         and env(d)["EMBEDFLEET_DEVICE"] == "cpu"),
+        ({"startupTimeoutSeconds": 95},
+         lambda d: container(d)["startupProbe"]["failureThreshold"] == 10),
+        ({"engine": {"drainTimeoutSeconds": 120}},
+         lambda d: d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 135),
+        ({"apiKeySecretRef": {"name": "keys", "key": "token"}},
+         lambda d: env(d)["EMBEDFLEET_API_KEY_FILE"] == "/etc/embedfleet/api-key/token"
+         and {"name": "api-key", "secret": {"secretName": "keys"}}
+         in d["spec"]["template"]["spec"]["volumes"]),
+        ({"model": {"name": "m", "cache": {"pvc": "model-cache"}}},
+         lambda d: d["spec"]["template"]["spec"]["volumes"][0]
+         == {"name": "models", "persistentVolumeClaim": {"claimName": "model-cache"}}),
+        ({"nodeSelector": {"gpu": "h100"}, "priorityClassName": "high"},
+         lambda d: d["spec"]["template"]["spec"]["nodeSelector"] == {"gpu": "h100"}
+         and d["spec"]["template"]["spec"]["priorityClassName"] == "high"),
+        ({"podLabels": {"embedfleet.dev/service": "hijack", "team": "search"}},
+         lambda d: d["spec"]["template"]["metadata"]["labels"]["embedfleet.dev/service"]
+         == "qwen3-4b" and d["spec"]["template"]["metadata"]["labels"]["team"] == "search"),
+        ({"engine": {"defaultInstruction": "Retrieve passages"}},
+         lambda d: env(d)["EMBEDFLEET_DEFAULT_INSTRUCTION"] == "Retrieve passages"),
+    ],
+)  # fmt: skip
+def test_deployment_variants(spec: dict[str, Any], check: Any) -> None:
+    assert check(build_deployment(service_with(**spec)))
+
+
+def test_explicit_replicas_are_set_when_given() -> None:
+    assert build_deployment(BASE, replicas=2)["spec"]["replicas"] == 2
+
+
+def test_service_and_endpoint() -> None:
+    service = build_service(service_with(service={"type": "NodePort", "port": 9000}))
+    assert service["spec"]["type"] == "NodePort"
+    assert service["spec"]["ports"][0] == {
+        "name": "http", "port": 9000, "targetPort": "http", "protocol": "TCP"
+    }  # fmt: skip
+    assert service["spec"]["selector"] == {"embedfleet.dev/service": "qwen3-4b"}
+    assert endpoint_url(BASE) == "http://qwen3-4b.ml.svc:8000/v1"
+
+
+@pytest.mark.parametrize(
+    ("spec", "has_pdb"),
+    [
+        ({}, True),
+        ({"autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 1}}, False),
+        ({"autoscaling": {"enabled": False}, "replicas": 1}, False),
+        ({"autoscaling": {"enabled": False}, "replicas": 3}, True),
+    ],
+)
+def test_pdb_only_when_more_than_one_replica_is_allowed(
+    spec: dict[str, Any], has_pdb: bool
+) -> None:
+    pdb = build_pdb(service_with(**spec))
+    assert (pdb is not None) == has_pdb
+    if pdb is not None:
+        assert pdb["spec"]["maxUnavailable"] == 1
+
+
+def test_unset_engine_knobs_are_not_passed() -> None:
+    names = {e["name"] for e in worker_environment({"model": {"name": "m"}})}
+    assert "EMBEDFLEET_MAX_INPUT_TOKENS" not in names
+    assert "EMBEDFLEET_DEFAULT_INSTRUCTION" not in names
