@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from embedfleet_operator import __version__
@@ -14,9 +15,44 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reconciles EmbeddingService resources into GPU worker fleets.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("run", help="run the operator (flags: `run --help`)", add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    build_parser().parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "run":
+        return run(args[1:])
+    build_parser().parse_args(args)
+    build_parser().print_help()
+    return 2
+
+
+def run(argv: Sequence[str]) -> int:
+    # kopf is imported here so `--version` and the pure modules stay light.
+    import kopf
+
+    from embedfleet_operator import handlers
+    from embedfleet_operator.settings import parse_settings
+
+    settings = parse_settings(argv)
+    handlers.configure(settings)
+    kopf.configure(
+        log_format={"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.PLAIN}.get(
+            settings.log_format, kopf.LogFormat.FULL
+        )
+    )
+    kopf.run(
+        clusterwide=not settings.namespaces,
+        namespaces=list(settings.namespaces),
+        liveness_endpoint=settings.liveness_endpoint,
+        standalone=False,
+        peering_name=settings.peering,
+        priority=settings.priority,
+    )
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -251,3 +251,19 @@ def endpoint_url(service: Manifest) -> str:
     meta, exposure = service["metadata"], service["spec"].get("service", {})
     port = int(exposure.get("port", WORKER_PORT))
     return f"http://{meta['name']}.{meta['namespace']}.svc:{port}/v1"
+
+
+def replicas_to_set(spec: Manifest, current: int | None) -> int | None:
+    """The replica count the operator must write now, or None to leave it alone. With
+    autoscaling off `spec.replicas` rules; with it on, a new Deployment starts at
+    max(minReplicas, 1) and a hand-edited count is clamped into [min, max] (the autoscaler
+    moves it within that range)."""
+    autoscaling = spec.get("autoscaling", {})
+    if not autoscaling.get("enabled", True):
+        wanted = int(spec.get("replicas", 1))
+        return wanted if current != wanted else None
+    low, high = int(autoscaling.get("minReplicas", 1)), int(autoscaling.get("maxReplicas", 4))
+    if current is None:
+        return max(low, 1) if high >= 1 else low
+    clamped = min(max(current, low), high)
+    return clamped if clamped != current else None

@@ -1,0 +1,148 @@
+"""kopf handlers: they only translate events into one reconcile pass (pure builders and status
+decide; kube.py does the I/O). Deletion relies on owner references and the garbage collector."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from typing import Any, cast
+
+import kopf
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from embedfleet_operator.crd import GROUP, PLURAL, VERSION
+from embedfleet_operator.kube import REPLICAS_MANAGER, Kube
+from embedfleet_operator.resources import (
+    build_deployment,
+    build_pdb,
+    build_service,
+    replicas_to_set,
+    selector_labels,
+)
+from embedfleet_operator.settings import OperatorSettings
+from embedfleet_operator.status import compute_status, status_changes
+
+log = logging.getLogger("embedfleet.operator")
+_state: dict[str, Any] = {}
+
+
+def configure(settings: OperatorSettings) -> None:
+    _state["settings"] = settings
+    # Drift correction: hand-made changes no event of ours reports are put back each period.
+    kopf.timer(GROUP, VERSION, PLURAL, interval=settings.resync_seconds, initial_delay=5.0)(resync)
+
+
+def _kube() -> Kube:
+    kube: Kube = _state["kube"]
+    return kube
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    ours: OperatorSettings = _state.get("settings") or OperatorSettings()
+    settings.peering.name = ours.peering
+    settings.peering.priority = ours.priority
+    settings.peering.mandatory = True
+    settings.persistence.finalizer = f"{GROUP}/operator"
+    # Progress and diff-base in annotations: status belongs to the resource's own fields.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.posting.level = logging.WARNING
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        await config.load_kube_config()
+    _state["kube"] = Kube(client.ApiClient())
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    kube = _state.pop("kube", None)
+    if kube is not None:
+        await kube.api.close()
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+async def reconcile_on_change(body: kopf.Body, **_: Any) -> None:
+    await reconcile(dict(body))
+
+
+async def resync(body: kopf.Body, **_: Any) -> None:
+    await reconcile(dict(body))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": "embedfleet"})
+async def deployment_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+    owner = next(
+        (
+            o
+            for o in body.metadata.get("ownerReferences", [])
+            if o.get("kind") == "EmbeddingService"
+        ),
+        None,
+    )
+    if owner is None or type is None:
+        return
+    service = await _kube().read_service(body.metadata["namespace"], owner["name"])
+    if service is not None:
+        await reconcile(service)
+
+
+async def reconcile(service: dict[str, Any]) -> None:
+    kube = _kube()
+    meta, spec = service["metadata"], service["spec"]
+    namespace, name = meta["namespace"], meta["name"]
+    apply_error: str | None = None
+    try:
+        await kube.apply(build_deployment(service))
+        await kube.apply(build_service(service))
+        pdb = build_pdb(service)
+        if pdb is None:
+            await kube.delete_pdb(namespace, name)
+        else:
+            await kube.apply(pdb)
+    except ApiException as error:
+        if error.status in (409, 429) or error.status >= 500:
+            raise kopf.TemporaryError(f"API {error.status}; retrying", delay=5) from error
+        # A spec that passed the CRD schema but that the apiserver refuses for the owned
+        # objects: report it as Degraded instead of retrying forever.
+        apply_error = f"the apiserver refused the workers' objects: {error.reason} ({error.status})"
+    deployment = await kube.read_deployment(namespace, name)
+    if deployment is not None and apply_error is None:
+        current = deployment.get("spec", {}).get("replicas")
+        # Until our replicas manager has written once, the count is the API default (1).
+        managers = {m.get("manager") for m in deployment["metadata"].get("managedFields") or []}
+        if REPLICAS_MANAGER not in managers:
+            current = None
+        wanted = replicas_to_set(spec, current)
+        if wanted is not None:
+            await kube.set_replicas(namespace, name, wanted)
+            deployment = await kube.read_deployment(namespace, name)
+    selector = ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
+    pods = await kube.list_pods(namespace, selector)
+    wanted_status = compute_status(service, deployment, pods, apply_error=apply_error, now=_now())
+    current_status = service.get("status", {}) or {}
+    changes = status_changes(current_status, wanted_status)
+    if changes:
+        await kube.patch_status(namespace, name, changes)
+        _announce(service, current_status, wanted_status)
+
+
+def _announce(service: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> None:
+    """A Kubernetes Event when readiness flips, so `kubectl describe` tells the story."""
+    old = {c["type"]: c["status"] for c in before.get("conditions", []) or []}
+    for condition in after["conditions"]:
+        if condition["type"] == "Ready" and old.get("Ready") != condition["status"]:
+            kopf.event(
+                cast(Any, service),
+                type="Normal" if condition["status"] == "True" else "Warning",
+                reason=condition["reason"],
+                message=condition["message"],
+            )

@@ -1,0 +1,132 @@
+"""Pure status computation per Kubernetes API conventions: conditions Ready, Progressing and
+Degraded derived from the owned Deployment and its pods, with `now` passed in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from embedfleet_operator.resources import SELECTOR_LABEL, endpoint_url
+
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: str  # "True" | "False" | "Unknown"
+    reason: str
+    message: str
+
+
+def merge_conditions(
+    current: list[Manifest], wanted: list[Condition], *, generation: int, now: str
+) -> list[Manifest]:
+    """New condition list; lastTransitionTime moves only when a condition's status changes."""
+    previous = {c.get("type"): c for c in current}
+    merged = []
+    for condition in wanted:
+        before = previous.get(condition.type, {})
+        changed = before.get("status") != condition.status
+        merged.append(
+            {
+                "type": condition.type,
+                "status": condition.status,
+                "reason": condition.reason,
+                "message": condition.message,
+                "lastTransitionTime": now if changed else before.get("lastTransitionTime", now),
+                "observedGeneration": generation,
+            }
+        )
+    return merged
+
+
+def pod_problem(pods: list[Manifest]) -> str | None:
+    """A reason a user understands why workers are not ready, read off the pods."""
+    for pod in pods:
+        for condition in pod.get("status", {}).get("conditions", []) or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                reason = condition.get("message", "")
+                return f"pod {pod['metadata']['name']} cannot be scheduled: {reason}"
+        for status in pod.get("status", {}).get("containerStatuses", []) or []:
+            waiting = (status.get("state") or {}).get("waiting")
+            if waiting and waiting.get("reason") not in (None, "ContainerCreating"):
+                detail = f"{waiting['reason']} {waiting.get('message', '')}".strip()
+                return f"pod {pod['metadata']['name']}: {detail}"
+    return None
+
+
+def compute_conditions(
+    deployment: Manifest | None, pods: list[Manifest], *, apply_error: str | None
+) -> list[Condition]:
+    if apply_error is not None:
+        return [
+            Condition("Ready", "False", "ReconcileFailed", apply_error),
+            Condition("Progressing", "False", "ReconcileFailed", apply_error),
+            Condition("Degraded", "True", "InvalidSpec", apply_error),
+        ]
+    if deployment is None:
+        waiting = "the worker Deployment does not exist yet"
+        return [
+            Condition("Ready", "False", "Creating", waiting),
+            Condition("Progressing", "True", "Creating", waiting),
+            Condition("Degraded", "False", "AsExpected", ""),
+        ]
+    status = deployment.get("status", {})
+    desired = int(deployment.get("spec", {}).get("replicas", 0) or 0)
+    ready = int(status.get("readyReplicas", 0) or 0)
+    updated = int(status.get("updatedReplicas", 0) or 0)
+    rolled_out = (
+        status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
+        and updated >= desired
+        and int(status.get("replicas", 0) or 0) == desired
+    )
+    problem = pod_problem(pods) if ready < desired else None
+    if desired == 0:
+        readiness = Condition("Ready", "False", "ScaledToZero", "no workers are running")
+    elif ready >= 1:
+        readiness = Condition("Ready", "True", "WorkersReady", f"{ready}/{desired} workers ready")
+    else:
+        reason = "WorkersNotReady" if problem else "WorkersStarting"
+        message = problem or f"0/{desired} workers ready; the model may still be loading"
+        readiness = Condition("Ready", "False", reason, message)
+    progressing = (
+        Condition("Progressing", "False", "RolledOut", "all workers run the current spec")
+        if rolled_out
+        else Condition("Progressing", "True", "RollingOut", f"{updated}/{desired} workers updated")
+    )
+    degraded = (
+        Condition("Degraded", "True", "WorkersFailing", problem)
+        if problem
+        else Condition("Degraded", "False", "AsExpected", "")
+    )
+    return [readiness, progressing, degraded]
+
+
+def compute_status(
+    service: Manifest,
+    deployment: Manifest | None,
+    pods: list[Manifest],
+    *,
+    apply_error: str | None,
+    now: str,
+) -> Manifest:
+    current = service.get("status", {}) or {}
+    deployment_status = (deployment or {}).get("status", {})
+    generation = int(service["metadata"].get("generation", 0))
+    conditions = compute_conditions(deployment, pods, apply_error=apply_error)
+    return {
+        "observedGeneration": generation,
+        "conditions": merge_conditions(
+            current.get("conditions", []) or [], conditions, generation=generation, now=now
+        ),
+        "replicas": int(deployment_status.get("replicas", 0) or 0),
+        "readyReplicas": int(deployment_status.get("readyReplicas", 0) or 0),
+        "selector": f"{SELECTOR_LABEL}={service['metadata']['name']}",
+        "endpoint": endpoint_url(service),
+    }
+
+
+def status_changes(current: Manifest, wanted: Manifest) -> Manifest:
+    """Only the fields that differ: status is written only when something changed."""
+    return {key: value for key, value in wanted.items() if current.get(key) != value}
