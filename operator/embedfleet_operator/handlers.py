@@ -96,6 +96,17 @@ async def deployment_changed(body: kopf.Body, type: str | None, **_: Any) -> Non
 
 
 async def reconcile(service: dict[str, Any]) -> None:
+    if service["metadata"].get("deletionTimestamp"):
+        return  # being deleted: the garbage collector removes what it owned
+    try:
+        await _reconcile(service)
+    except ApiException as error:
+        if error.status == 404:
+            return  # deleted while we worked: nothing left to reconcile
+        raise
+
+
+async def _reconcile(service: dict[str, Any]) -> None:
     kube = _kube()
     meta, spec = service["metadata"], service["spec"]
     namespace, name = meta["namespace"], meta["name"]

@@ -12,6 +12,7 @@ from typing import Any
 
 import kubernetes
 import pytest
+import yaml
 
 from embedfleet_operator.crd import GROUP, PLURAL, VERSION
 from tests.cluster.controlplane import LocalCluster
@@ -20,16 +21,10 @@ from tests.operator.operator_process import OperatorProcess, create_peering, ins
 
 pytestmark = pytest.mark.cluster
 
-SAMPLE: dict[str, Any] = {
-    "apiVersion": f"{GROUP}/{VERSION}",
-    "kind": "EmbeddingService",
-    "metadata": {"name": "qwen3-4b"},
-    "spec": {
-        "model": {"name": "Qwen/Qwen3-Embedding-4B", "dtype": "bfloat16"},
-        "image": "registry.local/embedfleet-worker:1",
-        "autoscaling": {"minReplicas": 1, "maxReplicas": 4, "targetGPUUtilizationPercent": 65},
-    },
-}
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE: dict[str, Any] = yaml.safe_load(
+    (REPO / "deploy/samples/qwen3-embedding-4b.yaml").read_text()
+)
 
 
 @pytest.fixture
@@ -40,7 +35,8 @@ def operator(cluster: LocalCluster, namespace: str, tmp_path: Path) -> Iterator[
         cluster, namespace, tmp_path / "operator.log", "--resync-seconds", "3"
     )
     yield process
-    assert process.stop() == 0
+    exit_code = process.stop()
+    assert exit_code == 0 or process.killed
     assert "Traceback" not in process.log(), process.log()[-4000:]
 
 
@@ -91,6 +87,11 @@ def test_sample_becomes_a_ready_fleet_with_status_and_columns(
         policy.read_namespaced_pod_disruption_budget("qwen3-4b", namespace).spec.max_unavailable
         == 1
     )
+
+    events = core.list_namespaced_event(
+        namespace, field_selector="involvedObject.kind=EmbeddingService"
+    ).items
+    assert any(e.reason == "WorkersReady" for e in events), [e.reason for e in events]
 
     kubectl = cluster.bin_dir / "kubectl"
     table = subprocess.run(
@@ -158,3 +159,86 @@ def test_deleting_the_service_removes_what_it_owned(
         return not deployments and not services and not pods
 
     wait_until(gone, 90, "garbage collection of the owned objects")
+
+
+def test_workers_that_cannot_be_scheduled_show_why(
+    cluster: LocalCluster, namespace: str, operator: OperatorProcess
+) -> None:
+    custom, _, _, _ = apis(cluster)
+    body = copy.deepcopy(SAMPLE)
+    body["spec"]["resources"] = {"gpus": 16, "memory": "32Gi", "cpu": "4"}  # nodes have 8
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+    def explained() -> bool:
+        ready = condition(read(custom, namespace), "Ready")
+        return ready.get("reason") == "WorkersNotReady"
+
+    wait_until(explained, 90, "Ready=False with the scheduling reason")
+    service = read(custom, namespace)
+    ready = condition(service, "Ready")
+    assert ready["status"] == "False"
+    assert "cannot be scheduled" in ready["message"]
+    assert "nvidia.com/gpu" in ready["message"]
+    assert condition(service, "Degraded")["status"] == "True"
+
+
+def test_two_operators_never_both_act_and_a_killed_one_converges(
+    cluster: LocalCluster, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    custom, apps, _, _ = apis(cluster)
+    standby = OperatorProcess(cluster, namespace, tmp_path / "standby.log", "--priority", "-10")
+    try:
+        peering = kubernetes.client.CustomObjectsApi(cluster.api_client())
+
+        def standby_registered() -> bool:
+            record = peering.get_namespaced_custom_object(
+                "kopf.dev", "v1", namespace, "kopfpeerings", "embedfleet"
+            )
+            return any(p.get("priority") == -10 for p in (record.get("status") or {}).values())
+
+        # Both operators are in the peering; kopf starts paused and only the highest priority
+        # resumes, so the standby must never log that it resumed while the main one lives.
+        wait_until(standby_registered, 120, "the lower-priority operator to join the peering")
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, SAMPLE)
+        wait_until(
+            lambda: condition(read(custom, namespace), "Ready").get("status") == "True",
+            90, "Ready=True",
+        )  # fmt: skip
+        assert "Resuming operations" not in standby.log()  # it never acted
+        # The active operator dies mid-flight; the standby takes over and converges.
+        operator.kill()
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, "qwen3-4b",
+            {"spec": {"image": "registry.local/embedfleet-worker:3"}},
+        )  # fmt: skip
+
+        def converged() -> bool:
+            deployment = apps.read_namespaced_deployment("qwen3-4b", namespace)
+            return bool(
+                deployment.spec.template.spec.containers[0].image
+                == "registry.local/embedfleet-worker:3"
+            )
+
+        wait_until(converged, 120, "the standby operator to take over")
+        assert "Resuming operations" in standby.log()
+        assert len(apps.list_namespaced_deployment(namespace).items) == 1
+    finally:
+        assert standby.stop() == 0
+
+
+def test_a_spec_the_apiserver_refuses_for_the_workers_sets_degraded(
+    cluster: LocalCluster, namespace: str, operator: OperatorProcess
+) -> None:
+    custom, _, _, _ = apis(cluster)
+    body = copy.deepcopy(SAMPLE)
+    body["spec"]["podLabels"] = {"team": "not a valid label value!"}  # CRD allows any string
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+    def degraded() -> bool:
+        return condition(read(custom, namespace), "Degraded").get("status") == "True"
+
+    wait_until(degraded, 60, "Degraded=True")
+    service = read(custom, namespace)
+    assert condition(service, "Degraded")["reason"] == "InvalidSpec"
+    assert "refused" in condition(service, "Degraded")["message"]
+    assert condition(service, "Ready")["status"] == "False"
