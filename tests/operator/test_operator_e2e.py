@@ -186,19 +186,22 @@ def test_two_operators_never_both_act_and_a_killed_one_converges(
     cluster: LocalCluster, namespace: str, operator: OperatorProcess, tmp_path: Path
 ) -> None:
     custom, apps, _, _ = apis(cluster)
+    peering = kubernetes.client.CustomObjectsApi(cluster.api_client())
+
+    def registered(priority: int) -> bool:
+        record = peering.get_namespaced_custom_object(
+            "kopf.dev", "v1", namespace, "kopfpeerings", "embedfleet"
+        )
+        return any(p.get("priority") == priority for p in (record.get("status") or {}).values())
+
+    # The main operator is in the peering before the standby starts (before that, the
+    # standby would rightly be the only one, hence active).
+    wait_until(lambda: registered(0), 120, "the main operator to join the peering")
     standby = OperatorProcess(cluster, namespace, tmp_path / "standby.log", "--priority", "-10")
     try:
-        peering = kubernetes.client.CustomObjectsApi(cluster.api_client())
-
-        def standby_registered() -> bool:
-            record = peering.get_namespaced_custom_object(
-                "kopf.dev", "v1", namespace, "kopfpeerings", "embedfleet"
-            )
-            return any(p.get("priority") == -10 for p in (record.get("status") or {}).values())
-
         # Both operators are in the peering; kopf starts paused and only the highest priority
         # resumes, so the standby must never log that it resumed while the main one lives.
-        wait_until(standby_registered, 120, "the lower-priority operator to join the peering")
+        wait_until(lambda: registered(-10), 120, "the lower-priority operator to join the peering")
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, SAMPLE)
         wait_until(
             lambda: condition(read(custom, namespace), "Ready").get("status") == "True",
