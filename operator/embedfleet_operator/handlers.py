@@ -88,7 +88,7 @@ async def deployment_changed(body: kopf.Body, type: str | None, **_: Any) -> Non
         ),
         None,
     )
-    if owner is None or type is None:
+    if owner is None or type is None or "kube" not in _state:
         return
     service = await _kube().read_service(body.metadata["namespace"], owner["name"])
     if service is not None:
@@ -98,6 +98,8 @@ async def deployment_changed(body: kopf.Body, type: str | None, **_: Any) -> Non
 async def reconcile(service: dict[str, Any]) -> None:
     if service["metadata"].get("deletionTimestamp"):
         return  # being deleted: the garbage collector removes what it owned
+    if "kube" not in _state:
+        return  # a timer firing while the operator starts or stops: the next pass does it
     try:
         await _reconcile(service)
     except ApiException as error:

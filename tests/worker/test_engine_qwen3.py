@@ -152,7 +152,9 @@ def test_single_queries_are_not_starved_by_a_bulk_request(qwen3: LoadedModel) ->
         return [await latency(q) for q in queries]
 
     async def under_bulk() -> tuple[list[float], bool]:
+        started = time.perf_counter()
         bulk = asyncio.ensure_future(engine.embed(passages, EmbedOptions()))
+        bulk.add_done_callback(lambda _: bulk_seconds.append(time.perf_counter() - started))
         await asyncio.sleep(0.1)
         measured = []
         for query in queries:
@@ -163,6 +165,7 @@ def test_single_queries_are_not_starved_by_a_bulk_request(qwen3: LoadedModel) ->
         assert result.vectors.shape == (2000, 64)
         return measured, bulk_running
 
+    bulk_seconds: list[float] = []
     try:
         solo_latencies = asyncio.run(solo())
         mixed_latencies, bulk_was_running = asyncio.run(under_bulk())
@@ -171,9 +174,15 @@ def test_single_queries_are_not_starved_by_a_bulk_request(qwen3: LoadedModel) ->
     assert bulk_was_running, "the bulk request finished too early to test anything"
     solo_p99 = float(np.percentile(solo_latencies, 99))
     mixed_p99 = float(np.percentile(mixed_latencies, 99))
-    print(f"query p99 solo {solo_p99 * 1e3:.1f} ms, under bulk {mixed_p99 * 1e3:.1f} ms")
-    # Without interleaving each query would wait for the whole bulk request (seconds).
-    assert mixed_p99 <= 10 * solo_p99 + 0.05
+    print(
+        f"query p99 solo {solo_p99 * 1e3:.1f} ms, under bulk {mixed_p99 * 1e3:.1f} ms; "
+        f"bulk request {bulk_seconds[0]:.2f} s"
+    )
+    # Queued behind the bulk request, a query would wait for most of it; interleaved, it
+    # waits for at most about one batch. (A fairness check, not a performance claim: the
+    # figures come from bench/engine.py.)
+    assert mixed_p99 < bulk_seconds[0] / 4
+    assert mixed_p99 <= 30 * solo_p99 + 0.05
 
 
 def test_hub_id_at_a_pinned_revision_loads_from_the_cache(
