@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from bench._systems import ARCHS, COMMON_ARCH
 from embedfleet_worker.engine import EmbeddingEngine, EngineConfig
 from embedfleet_worker.options import EmbedOptions
 from embedfleet_worker.runners.qwen3 import Qwen3Runner, Qwen3Shape
@@ -22,37 +23,13 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 ENDOFTEXT = 151643
-SHAPES = {
-    "0.6b": {
-        "hidden_size": 1024,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 16,
-        "num_key_value_heads": 8,
-        "intermediate_size": 3072,
-    },
-    "4b": {
-        "hidden_size": 2560,
-        "num_hidden_layers": 36,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "intermediate_size": 9728,
-    },
-}
 
 
 def build(size: str) -> tuple[torch.nn.Module, Qwen3Runner]:
     from transformers import Qwen3Config, Qwen3Model
 
-    config = Qwen3Config(
-        **SHAPES[size],
-        head_dim=128,
-        vocab_size=151669,
-        rope_theta=1e6,
-        max_position_embeddings=40960,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        attn_implementation="sdpa",
-    )
+    # The benchmark's table of the real Qwen3-Embedding shapes is the one source for both.
+    config = Qwen3Config(**COMMON_ARCH, **ARCHS[size], attn_implementation="sdpa")
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
