@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -264,7 +265,12 @@ def test_request_id_is_echoed_and_logged_without_the_body(worker: WorkerProcess)
     secret = "my private sentence that must not reach the logs"
     response = post(worker, {"model": MODEL, "input": secret}, headers={"X-Request-Id": "rid-42"})
     assert response.headers["x-request-id"] == "rid-42"
-    log = worker.log()
+    # The access line is written after the response is sent: give it a moment (bounded).
+    for _ in range(50):
+        log = worker.log()
+        if '"request_id": "rid-42"' in log:
+            break
+        time.sleep(0.1)
     assert '"request_id": "rid-42"' in log
     assert secret not in log
 
