@@ -1,0 +1,338 @@
+"""The autoscaling policy: a pure decision pipeline in the manner of the Kubernetes HPA. It takes
+what the observer measured, the service's autoscaling spec, the policy's own history and `now`,
+and returns the replica count with the rule that decided it. No I/O, no clock reads: the
+operator and `bench/autoscale_sim.py` run this same code."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from embedfleet_operator.crd import AUTOSCALING_DEFAULTS
+
+
+@dataclass(frozen=True)
+class PodMetrics:
+    """One ready pod's load over the last tick (rates from counter deltas, gauges as read)."""
+
+    requests_per_second: float
+    tokens_per_second: float
+    engine_utilization: float  # rate of busy seconds, 0..1
+    gpu_utilization: float | None  # NVML mean over the pod's GPUs, 0..1; None without a GPU
+    queue_tokens: float
+    queue_requests: float
+
+    @property
+    def utilization_percent(self) -> float:
+        # The busier of the two views: NVML sees kernels, the engine sees its compute thread.
+        gpu = self.gpu_utilization if self.gpu_utilization is not None else 0.0
+        return 100.0 * max(gpu, self.engine_utilization)
+
+    @property
+    def active(self) -> bool:
+        # A long request in compute finishes no request yet but keeps the engine busy.
+        return (
+            self.requests_per_second > 0
+            or self.queue_requests > 0
+            or self.queue_tokens > 0
+            or self.engine_utilization > 0
+        )
+
+
+@dataclass(frozen=True)
+class PodObservation:
+    name: str
+    metrics: PodMetrics | None  # None: the scrape failed, timed out or has no rate yet
+
+
+@dataclass(frozen=True)
+class Observation:
+    current_replicas: int  # the Deployment's spec.replicas
+    ready_pods: tuple[PodObservation, ...]  # pods ready in the Service's EndpointSlices
+
+    @property
+    def reporting(self) -> list[PodMetrics]:
+        return [p.metrics for p in self.ready_pods if p.metrics is not None]
+
+    @property
+    def missing(self) -> list[str]:
+        return [p.name for p in self.ready_pods if p.metrics is None]
+
+    @property
+    def starting(self) -> int:
+        return max(0, self.current_replicas - len(self.ready_pods))
+
+
+@dataclass(frozen=True)
+class ScalingSpec:
+    min_replicas: int
+    max_replicas: int
+    target_utilization_percent: float | None = None
+    target_tokens_per_second: float | None = None
+    target_requests_per_second: float | None = None
+    idle_timeout_seconds: float = 120.0
+    stabilization_seconds: float = 300.0
+    tick_seconds: float = 15.0
+    tolerance: float = 0.1  # HPA's band around the target where nothing moves
+    # Scale down only once load fits the fewer replicas at (1 - headroom) of the target, so
+    # a load near a replica boundary does not flap between two counts.
+    scale_down_headroom: float = 0.1
+    scale_up_percent: float = 100.0  # per tick period: the larger of this and scale_up_pods
+    scale_up_pods: int = 4
+    queue_threshold_tokens: float = 16384.0  # a fleet-wide backlog worth reacting to
+
+    @classmethod
+    def from_resource(cls, spec: Mapping[str, Any], *, tick_seconds: float) -> ScalingSpec:
+        auto = {**AUTOSCALING_DEFAULTS, **(spec.get("autoscaling") or {})}
+        if spec.get("autoscaling"):
+            # An explicit block names its own targets; the defaults' GPU target is not implied.
+            for key in ("targetGPUUtilizationPercent",):
+                auto[key] = spec["autoscaling"].get(key)
+
+        def number(key: str) -> float | None:
+            value = auto.get(key)
+            return None if value is None else float(value)
+
+        return cls(
+            min_replicas=int(auto["minReplicas"]),
+            max_replicas=int(auto["maxReplicas"]),
+            target_utilization_percent=number("targetGPUUtilizationPercent"),
+            target_tokens_per_second=number("targetTokensPerSecondPerReplica"),
+            target_requests_per_second=number("targetRequestsPerSecondPerReplica"),
+            idle_timeout_seconds=float(auto["idleTimeoutSeconds"]),
+            stabilization_seconds=float(auto["scaleDownStabilizationSeconds"]),
+            tick_seconds=tick_seconds,
+            queue_threshold_tokens=float((spec.get("engine") or {}).get("maxBatchTokens", 16384)),
+        )
+
+
+@dataclass(frozen=True)
+class History:
+    """What the policy remembers between ticks (kept by the caller, updated by `remember`)."""
+
+    recommendations: tuple[tuple[float, int], ...] = ()  # (time, replicas) in the window
+    scale_ups: tuple[tuple[float, int], ...] = ()  # (time, replicas before) in the tick period
+    last_activity: float | None = None
+    last_queue: tuple[float, float] | None = None  # (time, fleet queue tokens)
+
+
+@dataclass(frozen=True)
+class FleetMetrics:
+    """Fleet-wide figures, for status and the operator's own metrics."""
+
+    utilization_percent: float | None
+    engine_utilization_percent: float | None
+    gpu_utilization_percent: float | None
+    requests_per_second: float
+    tokens_per_second: float
+    queue_tokens: float
+    reporting_pods: int
+    missing_pods: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    replicas: int
+    reason: str  # CamelCase, the rule that decided
+    message: str
+    recommendation: int  # before stabilisation and rate limits: what history remembers
+    limited: bool = False  # at minReplicas or maxReplicas (ScalingLimited)
+    metrics: FleetMetrics | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class _Recommendation:
+    replicas: int
+    reason: str
+    message: str
+
+
+def fleet_metrics(observation: Observation) -> FleetMetrics:
+    reporting = observation.reporting
+
+    def mean(values: list[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    gpus = [m.gpu_utilization * 100 for m in reporting if m.gpu_utilization is not None]
+    return FleetMetrics(
+        utilization_percent=mean([m.utilization_percent for m in reporting]),
+        engine_utilization_percent=mean([m.engine_utilization * 100 for m in reporting]),
+        gpu_utilization_percent=mean(gpus),
+        requests_per_second=sum(m.requests_per_second for m in reporting),
+        tokens_per_second=sum(m.tokens_per_second for m in reporting),
+        queue_tokens=sum(m.queue_tokens for m in reporting),
+        reporting_pods=len(reporting),
+        missing_pods=len(observation.missing),
+    )
+
+
+def _target_recommendations(
+    observation: Observation, spec: ScalingSpec
+) -> list[tuple[str, float, float, str]]:
+    """(rule, fleet total, per-replica target, unit) for each configured target."""
+    reporting = observation.reporting
+    targets = [
+        ("Utilization", spec.target_utilization_percent,
+         sum(m.utilization_percent for m in reporting), "% utilisation"),
+        ("TokensPerSecond", spec.target_tokens_per_second,
+         sum(m.tokens_per_second for m in reporting), " tokens/s"),
+        ("RequestsPerSecond", spec.target_requests_per_second,
+         sum(m.requests_per_second for m in reporting), " requests/s"),
+    ]  # fmt: skip
+    return [(rule, total, target, unit) for rule, target, total, unit in targets if target]
+
+
+def _recommend_for_target(
+    rule: str, total: float, target: float, unit: str, observation: Observation, spec: ScalingSpec
+) -> _Recommendation:
+    current, reporting = observation.current_replicas, len(observation.reporting)
+    if reporting == 0:
+        return _Recommendation(current, "MetricsMissing", "no ready worker reported metrics")
+    per_ready = total / reporting
+    if per_ready > target * (1 + spec.tolerance):
+        # Pods still starting and ready pods without metrics count as zero load, so a slow
+        # model load does not make the fleet overshoot (HPA's rule for unready pods).
+        pods = max(current, len(observation.ready_pods))
+        if total / pods > target * (1 + spec.tolerance):
+            return _Recommendation(
+                math.ceil(total / target), f"{rule}AboveTarget",
+                f"{total / pods:.1f}{unit} per replica over {pods} replicas, target {target:g}",
+            )  # fmt: skip
+        return _Recommendation(
+            current, f"{rule}WithinTarget",
+            f"{per_ready:.1f}{unit} per ready replica; {pods - reporting} more are starting "
+            f"or unmeasured, target {target:g}",
+        )  # fmt: skip
+    # Never below one here: only the idle rule may go to zero. The fewer replicas must carry
+    # the load at (1 - headroom) of the target, the hysteresis that stops flapping.
+    relaxed = max(1, math.ceil(total / (target * (1 - spec.scale_down_headroom))))
+    if relaxed < current and not observation.missing:
+        return _Recommendation(
+            relaxed, f"{rule}BelowTarget",
+            f"{total:.1f}{unit} in total fits {relaxed} replicas at "
+            f"{(1 - spec.scale_down_headroom) * target:g} each",
+        )  # fmt: skip
+    return _Recommendation(
+        current, f"{rule}WithinTarget", f"{per_ready:.1f}{unit} per replica, target {target:g}"
+    )
+
+
+def _recommend_for_queue(
+    observation: Observation, spec: ScalingSpec, history: History, now: float
+) -> _Recommendation | None:
+    """A growing backlog means arrivals exceed what is served, whatever utilisation says yet."""
+    queue = sum(m.queue_tokens for m in observation.reporting)
+    if history.last_queue is None or queue <= spec.queue_threshold_tokens:
+        return None
+    then, before = history.last_queue
+    if queue <= before or now <= then:
+        return None
+    growth = (queue - before) / (now - then)  # tokens/s arriving beyond what is served
+    served = sum(m.tokens_per_second for m in observation.reporting)
+    pods = max(observation.current_replicas, 1)
+    wanted = math.ceil(pods * (served + growth) / served) if served > 0 else pods + 1
+    return _Recommendation(
+        max(wanted, pods + 1), "QueueGrowing",
+        f"queue grew to {queue:.0f} tokens (+{growth:.0f} tokens/s over {served:.0f} served)",
+    )  # fmt: skip
+
+
+def _is_idle(observation: Observation, spec: ScalingSpec, history: History, now: float) -> bool:
+    if observation.missing or not observation.ready_pods:
+        return False  # unknown load is never taken for no load
+    if any(m.active for m in observation.reporting):
+        return False
+    since = history.last_activity if history.last_activity is not None else now
+    return now - since >= spec.idle_timeout_seconds
+
+
+def _bounds(wish: int, spec: ScalingSpec) -> tuple[int, str]:
+    """The wish clamped to [minReplicas, maxReplicas], and what the clamp did."""
+    if wish > spec.max_replicas:
+        return spec.max_replicas, f"; capped at maxReplicas {spec.max_replicas}"
+    if wish < spec.min_replicas:
+        return spec.min_replicas, f"; held at minReplicas {spec.min_replicas}"
+    return wish, ""
+
+
+def _scale_up_limit(current: int, spec: ScalingSpec, history: History, now: float) -> int:
+    """HPA's default scale-up policy: the larger of +100% and +4 pods per period, measured
+    from the smallest count this period started from."""
+    recent = [before for when, before in history.scale_ups if now - when < spec.tick_seconds]
+    base = min([current, *recent])
+    return max(math.floor(base * (1 + spec.scale_up_percent / 100)), base + spec.scale_up_pods)
+
+
+def decide(observation: Observation, spec: ScalingSpec, history: History, now: float) -> Decision:
+    current = observation.current_replicas
+    metrics = fleet_metrics(observation)
+    if _is_idle(observation, spec, history, now):
+        return Decision(
+            spec.min_replicas, "Idle",
+            f"no requests for {spec.idle_timeout_seconds:g}s; going to minReplicas",
+            spec.min_replicas, limited=True, metrics=metrics,
+        )  # fmt: skip
+    candidates = [
+        _recommend_for_target(rule, total, target, unit, observation, spec)
+        for rule, total, target, unit in _target_recommendations(observation, spec)
+    ]
+    queue = _recommend_for_queue(observation, spec, history, now)
+    if queue is not None:
+        candidates.append(queue)
+    if not candidates:
+        candidates.append(_Recommendation(current, "NoTargets", "no autoscaling target set"))
+    best = max(candidates, key=lambda r: r.replicas)  # the largest recommendation wins
+    if not observation.reporting and best.replicas <= current:
+        best = _Recommendation(current, "MetricsMissing", "no ready worker reported metrics")
+    elif observation.missing and best.replicas <= current:
+        names = ", ".join(observation.missing)
+        best = _Recommendation(current, "MetricsMissing", f"no fresh metrics from {names}; holding")
+    recommendation, clamp_note = _bounds(best.replicas, spec)
+    replicas, reason, message = recommendation, best.reason, best.message + clamp_note
+    if recommendation > current:
+        limit = _scale_up_limit(current, spec, history, now)
+        if recommendation > limit:
+            replicas, reason = limit, "ScaleUpRateLimited"
+            message = f"{message}; wants {recommendation}, rate-limited to {limit} this period"
+    elif recommendation < current:
+        window = [
+            r for when, r in history.recommendations if now - when < spec.stabilization_seconds
+        ]
+        stable = min(max([recommendation, *window]), current)
+        if stable > recommendation:
+            replicas, reason = stable, "ScaleDownStabilized"
+            message = (
+                f"{message}; holding {stable}, the highest recommendation in the last "
+                f"{spec.stabilization_seconds:g}s"
+            )
+        else:
+            replicas = stable
+    at_bound = spec.min_replicas != spec.max_replicas and replicas in (
+        spec.min_replicas,
+        spec.max_replicas,
+    )
+    return Decision(replicas, reason, message, recommendation, limited=at_bound, metrics=metrics)
+
+
+def remember(
+    history: History, observation: Observation, decision: Decision, spec: ScalingSpec, now: float
+) -> History:
+    """The history after this tick: recommendations in the window, this period's scale-ups,
+    the last time anything was asked of the fleet and the queue for the growth test."""
+    window = max(spec.stabilization_seconds, spec.tick_seconds)
+    kept = [(when, r) for when, r in history.recommendations if now - when < window]
+    recommendations = (*kept, (now, decision.recommendation))
+    scale_ups = tuple((w, r) for w, r in history.scale_ups if now - w < spec.tick_seconds)
+    if decision.replicas > observation.current_replicas:
+        scale_ups += ((now, observation.current_replicas),)
+    active = any(m.active for m in observation.reporting) or bool(observation.missing)
+    last_activity = now if active or history.last_activity is None else history.last_activity
+    queue = sum(m.queue_tokens for m in observation.reporting)
+    return History(
+        recommendations=recommendations,
+        scale_ups=scale_ups,
+        last_activity=last_activity,
+        last_queue=(now, queue) if observation.reporting else history.last_queue,
+    )

@@ -1,0 +1,205 @@
+"""Table-driven tests of the pure autoscaling policy: one case per rule, each with the replica
+count and the reason it must give."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from embedfleet_operator.policy import (
+    Decision,
+    History,
+    Observation,
+    PodMetrics,
+    PodObservation,
+    ScalingSpec,
+    decide,
+    remember,
+)
+
+NOW = 10_000.0
+
+
+def load(
+    util: float = 0.0,
+    rps: float = 0.0,
+    tps: float = 0.0,
+    queue: float = 0.0,
+    gpu: float | None = None,
+) -> PodMetrics:
+    return PodMetrics(
+        requests_per_second=rps,
+        tokens_per_second=tps,
+        engine_utilization=util / 100,
+        gpu_utilization=gpu,
+        queue_tokens=queue,
+        queue_requests=1.0 if queue else 0.0,
+    )
+
+
+def fleet(current: int, *pods: PodMetrics | None) -> Observation:
+    return Observation(
+        current_replicas=current,
+        ready_pods=tuple(PodObservation(f"w-{i}", m) for i, m in enumerate(pods)),
+    )
+
+
+UTIL = ScalingSpec(min_replicas=1, max_replicas=20, target_utilization_percent=65)
+RPS = ScalingSpec(min_replicas=1, max_replicas=20, target_requests_per_second=10)
+TPS = ScalingSpec(min_replicas=1, max_replicas=20, target_tokens_per_second=1000)
+BOTH = ScalingSpec(
+    min_replicas=1, max_replicas=20, target_utilization_percent=65, target_requests_per_second=10
+)
+BUSY = History(last_activity=NOW)  # recently active: the idle rule stays out of the way
+
+
+@dataclass
+class Case:
+    name: str
+    spec: ScalingSpec
+    observation: Observation
+    replicas: int
+    reason: str
+    history: History = field(default_factory=lambda: BUSY)
+    limited: bool = False
+
+
+CASES = [
+    # A recommendation per target, HPA-style ratio.
+    Case("utilisation above target scales to ceil(total/target)", UTIL,
+         fleet(2, load(100), load(100)), 4, "UtilizationAboveTarget"),
+    Case("GPU utilisation counts when NVML reports more than the engine", UTIL,
+         fleet(1, load(10, gpu=0.95)), 2, "UtilizationAboveTarget"),
+    Case("tokens/s per replica target", TPS,
+         fleet(2, load(tps=1500), load(tps=1500)), 3, "TokensPerSecondAboveTarget"),
+    Case("requests/s per replica target", RPS,
+         fleet(1, load(rps=35)), 4, "RequestsPerSecondAboveTarget"),
+    Case("the largest recommendation wins", BOTH,
+         fleet(1, load(90, rps=48)), 5, "RequestsPerSecondAboveTarget"),
+    Case("inside the tolerance band nothing moves", UTIL,
+         fleet(2, load(70), load(70)), 2, "UtilizationWithinTarget"),
+    # Scale up fast but rate-limited, counting pods already starting.
+    Case("scale-up is limited to +4 pods per period from a small fleet", RPS,
+         fleet(1, load(rps=200)), 5, "ScaleUpRateLimited"),
+    Case("scale-up is limited to +100% per period from a large fleet",
+         ScalingSpec(min_replicas=1, max_replicas=100, target_requests_per_second=10),
+         fleet(8, *[load(rps=60)] * 8), 16, "ScaleUpRateLimited"),
+    Case("a scale-up earlier in the same period counts against the limit", RPS,
+         fleet(5, load(rps=150)), 5, "ScaleUpRateLimited",
+         history=History(last_activity=NOW, scale_ups=((NOW - 5, 1),))),
+    Case("pods still starting count as zero load: no overshoot", UTIL,
+         fleet(4, load(100)), 4, "UtilizationWithinTarget"),
+    Case("a ready pod without metrics counts as zero load when scaling up", UTIL,
+         fleet(2, load(100), None), 2, "MetricsMissing"),
+    Case("a growing queue scales up before utilisation catches up", UTIL,
+         fleet(2, load(60, tps=5000, queue=40_000), load(60, tps=5000, queue=40_000)),
+         3, "QueueGrowing",
+         history=History(last_activity=NOW, last_queue=(NOW - 15, 20_000.0))),
+    Case("a large but shrinking queue is no reason to scale", UTIL,
+         fleet(2, load(60, tps=5000, queue=20_000), load(60, tps=5000, queue=20_000)),
+         2, "UtilizationWithinTarget",
+         history=History(last_activity=NOW, last_queue=(NOW - 15, 60_000.0))),
+    # Scale down slowly: stabilisation window and hysteresis.
+    Case("scale-down waits for the highest recommendation in the window", UTIL,
+         fleet(4, load(10), load(10), load(10), load(10)), 4, "ScaleDownStabilized",
+         history=History(last_activity=NOW, recommendations=((NOW - 200, 4), (NOW - 100, 3)))),
+    Case("scale-down goes to the window's highest, not all the way", UTIL,
+         fleet(4, load(10), load(10), load(10), load(10)), 3, "ScaleDownStabilized",
+         history=History(last_activity=NOW, recommendations=((NOW - 400, 4), (NOW - 100, 3)))),
+    Case("scale-down after the window has passed", UTIL,
+         fleet(4, load(10), load(10), load(10), load(10)), 1, "UtilizationBelowTarget",
+         history=History(last_activity=NOW, recommendations=((NOW - 301, 4),)), limited=True),
+    Case("hysteresis: load that would just fit fewer replicas at the target stays put", UTIL,
+         fleet(2, load(30), load(30)), 2, "UtilizationWithinTarget"),
+    Case("hysteresis: load that fits with headroom scales down", UTIL,
+         fleet(2, load(25), load(25)), 1, "UtilizationBelowTarget", limited=True),
+    # Idle timeout.
+    Case("idle for the timeout goes straight to minReplicas",
+         ScalingSpec(min_replicas=0, max_replicas=8, target_utilization_percent=65),
+         fleet(6, *[load(0)] * 6), 0, "Idle",
+         history=History(last_activity=NOW - 121, recommendations=((NOW - 10, 6),)),
+         limited=True),
+    Case("idle shorter than the timeout does not", UTIL,
+         fleet(3, load(0), load(0), load(0)), 3, "ScaleDownStabilized",
+         history=History(last_activity=NOW - 60, recommendations=((NOW - 10, 3),))),
+    Case("idle needs every ready pod measured", UTIL,
+         fleet(3, load(0), load(0), None), 3, "MetricsMissing",
+         history=History(last_activity=NOW - 1000)),
+    # Missing or stale metrics never scale down.
+    Case("a pod without fresh metrics blocks a scale-down", UTIL,
+         fleet(3, load(5), None, load(5)), 3, "MetricsMissing",
+         history=History(last_activity=NOW)),
+    Case("no metrics at all holds the fleet", UTIL,
+         fleet(3, None, None, None), 3, "MetricsMissing"),
+    Case("missing metrics do not stop a scale-up (the unmeasured pod counts as zero)", RPS,
+         fleet(3, load(rps=20), None, load(rps=20)), 4, "RequestsPerSecondAboveTarget"),
+    # Clamp.
+    Case("clamped at maxReplicas", ScalingSpec(min_replicas=1, max_replicas=4,
+         target_utilization_percent=65), fleet(3, load(100), load(100), load(100)),
+         4, "UtilizationAboveTarget", limited=True),
+    Case("raised to minReplicas", ScalingSpec(min_replicas=3, max_replicas=8,
+         target_utilization_percent=65), fleet(1, load(10)), 3, "UtilizationWithinTarget",
+         limited=True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_policy_rule(case: Case) -> None:
+    decision = decide(case.observation, case.spec, case.history, NOW)
+    assert (decision.replicas, decision.reason) == (case.replicas, case.reason), decision.message
+    assert decision.limited == case.limited, decision.message
+    assert decision.message
+
+
+def test_clamp_message_says_which_bound() -> None:
+    spec = ScalingSpec(min_replicas=1, max_replicas=4, target_utilization_percent=65)
+    decision = decide(fleet(3, *[load(100)] * 3), spec, BUSY, NOW)
+    assert "maxReplicas 4" in decision.message
+
+
+def test_remember_keeps_the_window_and_the_period() -> None:
+    spec = ScalingSpec(min_replicas=1, max_replicas=8, target_utilization_percent=65,
+                       stabilization_seconds=300, tick_seconds=15)  # fmt: skip
+    history = History(
+        recommendations=((NOW - 400, 8), (NOW - 100, 5)),
+        scale_ups=((NOW - 30, 1), (NOW - 5, 2)),
+        last_activity=NOW - 50,
+    )
+    observation = fleet(2, load(100), load(100))
+    decision = decide(observation, spec, history, NOW)
+    after = remember(history, observation, decision, spec, NOW)
+    assert after.recommendations == ((NOW - 100, 5), (NOW, decision.recommendation))
+    assert after.scale_ups == ((NOW - 5, 2), (NOW, 2))
+    assert after.last_activity == NOW  # a busy engine is activity even before a request ends
+    assert after.last_queue == (NOW, 0.0)
+
+
+def test_remember_activity_comes_from_requests_and_queues_not_silence() -> None:
+    spec = UTIL
+    quiet = fleet(1, load(0))
+    history = remember(History(last_activity=NOW - 50), quiet, decide(quiet, spec, BUSY, NOW),
+                       spec, NOW)  # fmt: skip
+    assert history.last_activity == NOW - 50
+    unmeasured = fleet(1, None)
+    history = remember(history, unmeasured, decide(unmeasured, spec, history, NOW), spec, NOW)
+    assert history.last_activity == NOW  # unknown load is treated as activity
+
+
+def test_steady_load_never_oscillates() -> None:
+    """A fleet fed the same load tick after tick settles and stays: hysteresis plus the window."""
+    spec = ScalingSpec(min_replicas=1, max_replicas=20, target_utilization_percent=65,
+                       stabilization_seconds=60, tick_seconds=15)  # fmt: skip
+    for demand in (40.0, 64.0, 66.0, 71.0, 130.0, 200.0, 333.0):
+        history, replicas, seen = History(), 1, []
+        for tick in range(60):
+            now = NOW + tick * 15
+            per_pod = min(100.0, demand / replicas)
+            observation = fleet(replicas, *[load(per_pod, rps=1)] * replicas)
+            decision: Decision = decide(observation, spec, history, now)
+            history = remember(history, observation, decision, spec, now)
+            replicas = decision.replicas
+            seen.append(replicas)
+        settled = seen[20:]
+        assert len(set(settled)) == 1, (demand, seen)
+        assert settled[0] * 65 * 1.1 >= demand, (demand, seen)
