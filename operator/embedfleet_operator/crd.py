@@ -214,13 +214,20 @@ def status_schema() -> Schema:
             "modelFingerprint": _str(),
             "lastScaleTime": _str(format="date-time"),
             "lastScaleReason": _str(),
+            "lastScaleMessage": _str(),
             "metrics": _obj(
                 {
+                    # max(GPU, engine busy): what the utilisation target is compared with
+                    "utilizationPercent": number,
                     "gpuUtilizationPercent": number,
+                    "engineUtilizationPercent": number,
                     "requestsPerSecond": number,
                     "tokensPerSecond": number,
                     "queueTokens": number,
-                }
+                    "reportingWorkers": _int(),
+                    "unmeasuredWorkers": _int(),
+                },
+                description="Fleet load measured at the last autoscaling tick.",
             ),
         },
         # kopf keeps its own bookkeeping in status when progress storage uses it.
@@ -238,8 +245,10 @@ def _columns() -> list[Schema]:
         column("Ready", "string", ready),
         column("Replicas", "integer", ".status.replicas"),
         column("Desired", "integer", ".status.desiredReplicas"),
-        column("GPU%", "number", ".status.metrics.gpuUtilizationPercent"),
+        column("Util%", "number", ".status.metrics.utilizationPercent"),
         column("RPS", "number", ".status.metrics.requestsPerSecond"),
+        column("Tokens/s", "number", ".status.metrics.tokensPerSecond", priority=1),
+        column("Last-Scale", "string", ".status.lastScaleReason", priority=1),
         column("Age", "date", ".metadata.creationTimestamp"),
     ]
 

@@ -1,18 +1,25 @@
-"""kopf handlers: they only translate events into one reconcile pass (pure builders and status
-decide; kube.py does the I/O). Deletion relies on owner references and the garbage collector."""
+"""kopf handlers: they only translate events into one reconcile pass or one autoscaling tick
+(pure builders, policy and status decide; kube.py, observer.py do the I/O). Deletion relies on
+owner references and the garbage collector."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import datetime
 import logging
 from typing import Any, cast
 
+import httpx
 import kopf
+import prometheus_client
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from embedfleet_operator.autoscaler import Autoscaler, TickResult
 from embedfleet_operator.crd import GROUP, PLURAL, VERSION
 from embedfleet_operator.kube import REPLICAS_MANAGER, Kube
+from embedfleet_operator.operator_metrics import OperatorMetrics
 from embedfleet_operator.resources import (
     build_deployment,
     build_pdb,
@@ -21,16 +28,28 @@ from embedfleet_operator.resources import (
     selector_labels,
 )
 from embedfleet_operator.settings import OperatorSettings
-from embedfleet_operator.status import compute_status, status_changes
+from embedfleet_operator.status import autoscaling_status, compute_status, status_changes
 
 log = logging.getLogger("embedfleet.operator")
 _state: dict[str, Any] = {}
+# Reconcile passes and autoscaling ticks of one service run one at a time, so neither writes
+# status (conditions especially) from a copy the other has just made stale.
+_locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
 
 
 def configure(settings: OperatorSettings) -> None:
     _state["settings"] = settings
     # Drift correction: hand-made changes no event of ours reports are put back each period.
     kopf.timer(GROUP, VERSION, PLURAL, interval=settings.resync_seconds, initial_delay=5.0)(resync)
+    kopf.timer(
+        GROUP, VERSION, PLURAL, id="autoscale",
+        interval=settings.autoscale_seconds, initial_delay=settings.autoscale_seconds,
+    )(autoscale)  # fmt: skip
+
+
+def _settings() -> OperatorSettings:
+    settings: OperatorSettings = _state.get("settings") or OperatorSettings()
+    return settings
 
 
 def _kube() -> Kube:
@@ -44,7 +63,7 @@ def _now() -> str:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    ours: OperatorSettings = _state.get("settings") or OperatorSettings()
+    ours = _settings()
     settings.peering.name = ours.peering
     settings.peering.priority = ours.priority
     settings.peering.mandatory = True
@@ -57,12 +76,34 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         await config.load_kube_config()
-    _state["kube"] = Kube(client.ApiClient())
+    kube = Kube(client.ApiClient())
+    metrics = OperatorMetrics()
+    if ours.metrics_address:
+        host, _sep, port = ours.metrics_address.rpartition(":")
+        server, _thread = prometheus_client.start_http_server(
+            int(port), addr=host or "0.0.0.0", registry=metrics.registry
+        )
+        _state["metrics_server"] = server
+    http = httpx.AsyncClient(follow_redirects=False)
+    _state["http"] = http
+    _state["autoscaler"] = Autoscaler(
+        kube, http, metrics,
+        tick_seconds=ours.autoscale_seconds,
+        scrape_timeout_seconds=ours.scrape_timeout_seconds,
+    )  # fmt: skip
+    _state["kube"] = kube
 
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
     kube = _state.pop("kube", None)
+    _state.pop("autoscaler", None)
+    http = _state.pop("http", None)
+    if http is not None:
+        await http.aclose()
+    server = _state.pop("metrics_server", None)
+    if server is not None:
+        server.shutdown()
     if kube is not None:
         await kube.api.close()
 
@@ -76,6 +117,60 @@ async def reconcile_on_change(body: kopf.Body, **_: Any) -> None:
 
 async def resync(body: kopf.Body, **_: Any) -> None:
     await reconcile(dict(body))
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)  # optional: adds no finalizer
+async def forget(body: kopf.Body, **_: Any) -> None:
+    autoscaler: Autoscaler | None = _state.get("autoscaler")
+    if autoscaler is not None:
+        autoscaler.forget(dict(body))
+    _locks.pop(body.metadata.uid or "", None)
+
+
+async def autoscale(body: kopf.Body, **_: Any) -> None:
+    autoscaler: Autoscaler | None = _state.get("autoscaler")
+    if autoscaler is None or body.metadata.get("deletionTimestamp"):
+        return  # starting, stopping or being deleted
+    namespace, name = body.metadata["namespace"], body.metadata["name"]
+    async with _locks[body.metadata.uid or name]:
+        try:
+            service = await _kube().read_service(namespace, name)
+            if service is None:
+                return
+            result = await autoscaler.tick(service)
+            await _write_autoscaling_status(service, result)
+        except ApiException as error:
+            if error.status == 404:
+                return
+            if error.status in (409, 429) or error.status >= 500:
+                raise kopf.TemporaryError(f"API {error.status}; next tick", delay=1) from error
+            raise
+
+
+async def _write_autoscaling_status(service: dict[str, Any], result: TickResult) -> None:
+    meta = service["metadata"]
+    decision = result.decision
+    wanted = autoscaling_status(
+        service, decision, enabled=result.enabled, scaled=result.scaled, now=_now()
+    )
+    changes = status_changes(service.get("status", {}) or {}, wanted)
+    if changes:
+        await _kube().patch_status(meta["namespace"], meta["name"], changes)
+    if result.scaled and decision is not None:
+        direction = (
+            "ScaledUp" if decision.replicas > (result.previous_replicas or 0) else "ScaledDown"
+        )
+        kopf.event(
+            cast(Any, service),
+            type="Normal",
+            reason=direction,
+            message=f"{result.previous_replicas} -> {decision.replicas} replicas: "
+            f"{decision.reason}: {decision.message}",
+        )
+        log.info(
+            "scaled %s/%s %s -> %s (%s: %s)", meta["namespace"], meta["name"],
+            result.previous_replicas, decision.replicas, decision.reason, decision.message,
+        )  # fmt: skip
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": "embedfleet"})
@@ -100,12 +195,17 @@ async def reconcile(service: dict[str, Any]) -> None:
         return  # being deleted: the garbage collector removes what it owned
     if "kube" not in _state:
         return  # a timer firing while the operator starts or stops: the next pass does it
-    try:
-        await _reconcile(service)
-    except ApiException as error:
-        if error.status == 404:
-            return  # deleted while we worked: nothing left to reconcile
-        raise
+    meta = service["metadata"]
+    async with _locks[meta.get("uid") or meta["name"]]:
+        try:
+            fresh = await _kube().read_service(meta["namespace"], meta["name"])
+            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                return
+            await _reconcile(fresh)
+        except ApiException as error:
+            if error.status == 404:
+                return  # deleted while we worked: nothing left to reconcile
+            raise
 
 
 async def _reconcile(service: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ class Kube:
         self.core = client.CoreV1Api(api)
         self.policy = client.PolicyV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self.discovery = client.DiscoveryV1Api(api)
 
     async def apply(self, manifest: Manifest) -> None:
         """Server-side apply with force: our manager owns exactly the fields we set."""
@@ -103,3 +104,24 @@ class Kube:
             {"status": status},
             _content_type="application/merge-patch+json",  # type: ignore[call-arg]
         )
+
+    async def scale(self, namespace: str, name: str, replicas: int) -> None:
+        """Through the scale subresource, under the replicas manager (as an HPA would)."""
+        body = {
+            "apiVersion": "autoscaling/v1",
+            "kind": "Scale",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": replicas},
+        }
+        options: dict[str, Any] = {
+            "field_manager": REPLICAS_MANAGER,
+            "force": True,
+            "_content_type": _APPLY,
+        }
+        await self.apps.patch_namespaced_deployment_scale(name, namespace, body, **options)
+
+    async def list_endpoint_slices(self, namespace: str, service: str) -> list[Manifest]:
+        slices = await self.discovery.list_namespaced_endpoint_slice(
+            namespace, label_selector=f"kubernetes.io/service-name={service}"
+        )
+        return [self.api.sanitize_for_serialization(s) for s in slices.items]

@@ -18,6 +18,9 @@ class OperatorSettings:
     resync_seconds: float = 30.0  # drift correction period
     log_format: str = "json"
     liveness_endpoint: str | None = None  # e.g. http://0.0.0.0:8080/healthz
+    autoscale_seconds: float = 15.0  # the autoscaler's tick
+    scrape_timeout_seconds: float = 2.0  # per worker /metrics request
+    metrics_address: str | None = None  # host:port for the operator's /metrics; off if unset
 
 
 def parse_settings(
@@ -27,7 +30,7 @@ def parse_settings(
     parser = argparse.ArgumentParser(prog="embedfleet-operator run")
     parser.add_argument(
         "--namespace", action="append", dest="namespaces",
-        default=[n for n in env.get(ENV_PREFIX + "NAMESPACES", "").split(",") if n],
+        default=None,
         help="watch only this namespace (repeatable); default: all",
     )  # fmt: skip
     parser.add_argument("--peering", default=env.get(ENV_PREFIX + "PEERING", "embedfleet"))
@@ -42,6 +45,20 @@ def parse_settings(
     parser.add_argument(
         "--liveness", dest="liveness_endpoint", default=env.get(ENV_PREFIX + "LIVENESS")
     )
+    parser.add_argument(
+        "--autoscale-seconds", type=float,
+        default=float(env.get(ENV_PREFIX + "AUTOSCALE_SECONDS", "15")),
+        help="autoscaling tick period",
+    )  # fmt: skip
+    parser.add_argument(
+        "--scrape-timeout-seconds", type=float,
+        default=float(env.get(ENV_PREFIX + "SCRAPE_TIMEOUT_SECONDS", "2")),
+    )  # fmt: skip
+    parser.add_argument(
+        "--metrics-address", default=env.get(ENV_PREFIX + "METRICS_ADDRESS"),
+        help="host:port to serve the operator's Prometheus metrics on",
+    )  # fmt: skip
     args = vars(parser.parse_args(argv))
-    args["namespaces"] = tuple(args["namespaces"])
+    from_env = [n for n in env.get(ENV_PREFIX + "NAMESPACES", "").split(",") if n]
+    args["namespaces"] = tuple(args["namespaces"] or from_env)  # flags replace, not extend
     return OperatorSettings(**args)

@@ -1,11 +1,13 @@
 """Pure status computation per Kubernetes API conventions: conditions Ready, Progressing and
-Degraded derived from the owned Deployment and its pods, with `now` passed in."""
+Degraded derived from the owned Deployment and its pods, and the autoscaler's fields and
+conditions (ScalingActive, ScalingLimited) from its decision, with `now` passed in."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from embedfleet_operator.policy import Decision, FleetMetrics
 from embedfleet_operator.resources import SELECTOR_LABEL, endpoint_url
 
 Manifest = dict[str, Any]
@@ -22,9 +24,11 @@ class Condition:
 def merge_conditions(
     current: list[Manifest], wanted: list[Condition], *, generation: int, now: str
 ) -> list[Manifest]:
-    """New condition list; lastTransitionTime moves only when a condition's status changes."""
+    """New condition list; lastTransitionTime moves only when a condition's status changes.
+    Conditions of other types (another writer's, e.g. the autoscaler's) are kept as they are."""
     previous = {c.get("type"): c for c in current}
-    merged = []
+    ours = {c.type for c in wanted}
+    merged = [c for c in current if c.get("type") not in ours]
     for condition in wanted:
         before = previous.get(condition.type, {})
         changed = before.get("status") != condition.status
@@ -130,3 +134,69 @@ def compute_status(
 def status_changes(current: Manifest, wanted: Manifest) -> Manifest:
     """Only the fields that differ: status is written only when something changed."""
     return {key: value for key, value in wanted.items() if current.get(key) != value}
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def metrics_status(metrics: FleetMetrics) -> Manifest:
+    values = {
+        "utilizationPercent": _rounded(metrics.utilization_percent),
+        "gpuUtilizationPercent": _rounded(metrics.gpu_utilization_percent),
+        "engineUtilizationPercent": _rounded(metrics.engine_utilization_percent),
+        "requestsPerSecond": _rounded(metrics.requests_per_second),
+        "tokensPerSecond": _rounded(metrics.tokens_per_second),
+        "queueTokens": _rounded(metrics.queue_tokens),
+        "reportingWorkers": metrics.reporting_pods,
+        "unmeasuredWorkers": metrics.missing_pods,
+    }
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def scaling_conditions(decision: Decision | None, *, enabled: bool) -> list[Condition]:
+    if not enabled or decision is None:
+        off = "autoscaling is disabled; spec.replicas decides"
+        return [
+            Condition("ScalingActive", "False", "AutoscalingDisabled", off),
+            Condition("ScalingLimited", "False", "AutoscalingDisabled", off),
+        ]
+    measured = decision.metrics is not None and decision.metrics.reporting_pods > 0
+    active = (
+        Condition(
+            "ScalingActive", "True", "ValidMetricsFound", f"{decision.reason}: {decision.message}"
+        )
+        if measured
+        else Condition("ScalingActive", "False", "MetricsMissing", decision.message)
+    )
+    limited = (
+        Condition("ScalingLimited", "True", "AtReplicaBound", decision.message)
+        if decision.limited
+        else Condition("ScalingLimited", "False", "InRange", "between minReplicas and maxReplicas")
+    )
+    return [active, limited]
+
+
+def autoscaling_status(
+    service: Manifest, decision: Decision | None, *, enabled: bool, scaled: bool, now: str
+) -> Manifest:
+    """The autoscaler's part of status; `scaled` when this tick changed the replica count."""
+    current = service.get("status", {}) or {}
+    generation = int(service["metadata"].get("generation", 0))
+    conditions = scaling_conditions(decision, enabled=enabled)
+    status: Manifest = {
+        "conditions": merge_conditions(
+            current.get("conditions", []) or [], conditions, generation=generation, now=now
+        ),
+    }
+    if decision is None:
+        status["desiredReplicas"] = service["spec"].get("replicas", 1)
+        return status
+    status["desiredReplicas"] = decision.replicas
+    if decision.metrics is not None:
+        status["metrics"] = metrics_status(decision.metrics)
+    if scaled:
+        status["lastScaleTime"] = now
+        status["lastScaleReason"] = decision.reason
+        status["lastScaleMessage"] = decision.message
+    return status

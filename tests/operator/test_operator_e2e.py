@@ -100,7 +100,16 @@ def test_sample_becomes_a_ready_fleet_with_status_and_columns(
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     header, row = table.splitlines()[:2]
-    assert header.split() == ["NAME", "MODEL", "READY", "REPLICAS", "DESIRED", "GPU%", "RPS", "AGE"]
+    assert header.split() == [
+        "NAME",
+        "MODEL",
+        "READY",
+        "REPLICAS",
+        "DESIRED",
+        "UTIL%",
+        "RPS",
+        "AGE",
+    ]
     assert row.split()[:4] == ["qwen3-4b", "Qwen/Qwen3-Embedding-4B", "True", "1"]
 
 

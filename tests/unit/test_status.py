@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from embedfleet_operator.policy import Decision, FleetMetrics
 from embedfleet_operator.status import (
     Condition,
+    autoscaling_status,
     compute_conditions,
     merge_conditions,
     status_changes,
@@ -87,3 +90,49 @@ def test_status_changes_keeps_only_differences() -> None:
         "endpoint": "f"
     }
     assert status_changes({"replicas": 1}, {"replicas": 1}) == {}
+
+
+METRICS = FleetMetrics(
+    utilization_percent=71.234, engine_utilization_percent=71.234, gpu_utilization_percent=None,
+    requests_per_second=12.5, tokens_per_second=900.0, queue_tokens=0.0, reporting_pods=2,
+    missing_pods=0,
+)  # fmt: skip
+SERVICE: dict[str, Any] = {
+    "metadata": {"generation": 3},
+    "spec": {"replicas": 2},
+    "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "WorkersReady"}]},
+}
+
+
+@pytest.mark.parametrize(
+    ("decision", "enabled", "scaled", "active", "limited", "scale_fields"),
+    [
+        (Decision(3, "UtilizationAboveTarget", "m", 3, metrics=METRICS), True, True,
+         ("True", "ValidMetricsFound"), ("False", "InRange"), True),
+        (Decision(4, "UtilizationAboveTarget", "m", 6, limited=True, metrics=METRICS), True,
+         False, ("True", "ValidMetricsFound"), ("True", "AtReplicaBound"), False),
+        (Decision(2, "MetricsMissing", "m", 2, metrics=replace(METRICS, reporting_pods=0)),
+         True, False, ("False", "MetricsMissing"), ("False", "InRange"), False),
+        (None, False, False, ("False", "AutoscalingDisabled"), ("False", "AutoscalingDisabled"),
+         False),
+    ],
+    ids=["scaled", "at-max", "unmeasured", "disabled"],
+)  # fmt: skip
+def test_autoscaling_status(
+    decision: Decision | None,
+    enabled: bool,
+    scaled: bool,
+    active: tuple[str, str],
+    limited: tuple[str, str],
+    scale_fields: bool,
+) -> None:
+    status = autoscaling_status(SERVICE, decision, enabled=enabled, scaled=scaled, now="t")
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+    assert conditions["ScalingActive"] == active
+    assert conditions["ScalingLimited"] == limited
+    assert conditions["Ready"] == ("True", "WorkersReady")  # another writer's condition stays
+    assert status["desiredReplicas"] == (decision.replicas if decision else 2)
+    assert ("lastScaleTime" in status) == scale_fields
+    if decision is not None:
+        assert status["metrics"]["utilizationPercent"] == 71.23
+        assert "gpuUtilizationPercent" not in status["metrics"]  # no GPU: absent, not zero

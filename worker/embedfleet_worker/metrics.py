@@ -7,7 +7,14 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -80,6 +87,8 @@ class WorkerMetrics:
         )
         with contextlib.suppress(Exception):  # no NVML: the GPU gauges are simply absent
             r.register(GpuCollector.create())
+        # process_start_time_seconds lets the autoscaler tell a restart from a quiet tick.
+        ProcessCollector(registry=r)
 
     # EngineObserver -------------------------------------------------------------------
     def on_batch(self, num_inputs: int, num_tokens: int, busy_seconds: float) -> None:

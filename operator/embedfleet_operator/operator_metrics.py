@@ -1,0 +1,77 @@
+"""Metric names on the operator's side: the worker contract it reads (DESIGN.md's table; a test
+keeps these equal to the worker's own names) and the operator's own Prometheus metrics."""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# The worker's metrics the observer reads.
+WORKER_REQUESTS_TOTAL = "embedfleet_requests_total"
+WORKER_INPUT_TOKENS_TOTAL = "embedfleet_input_tokens_total"
+WORKER_ENGINE_BUSY = "embedfleet_engine_busy_seconds_total"
+WORKER_GPU_UTILIZATION = "embedfleet_gpu_utilization_ratio"
+WORKER_QUEUE_TOKENS = "embedfleet_queue_tokens"
+WORKER_QUEUE_REQUESTS = "embedfleet_queue_requests"
+PROCESS_START_TIME = "process_start_time_seconds"
+
+# The operator's own.
+SCALE_DECISIONS = "embedfleet_operator_scale_decisions_total"
+SCALE_EVENTS = "embedfleet_operator_scale_events_total"
+SCRAPES = "embedfleet_operator_scrapes_total"
+SCRAPE_FAILURES = "embedfleet_operator_scrape_failures_total"
+TICK_DURATION = "embedfleet_operator_autoscale_tick_seconds"
+DESIRED_REPLICAS = "embedfleet_operator_desired_replicas"
+FLEET_UTILIZATION = "embedfleet_operator_fleet_utilization_percent"
+FLEET_REQUESTS = "embedfleet_operator_fleet_requests_per_second"
+
+_SERVICE = ["namespace", "service"]
+
+
+class OperatorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.decisions = Counter(
+            SCALE_DECISIONS.removesuffix("_total"),
+            "Autoscaling decisions by the rule that decided.",
+            [*_SERVICE, "reason"],
+            registry=r,
+        )
+        self.scale_events = Counter(
+            SCALE_EVENTS.removesuffix("_total"),
+            "Replica changes the autoscaler made.",
+            [*_SERVICE, "direction"],
+            registry=r,
+        )
+        self.scrapes = Counter(
+            SCRAPES.removesuffix("_total"), "Worker /metrics scrapes.", _SERVICE, registry=r
+        )
+        self.scrape_failures = Counter(
+            SCRAPE_FAILURES.removesuffix("_total"),
+            "Worker /metrics scrapes that failed or timed out.",
+            _SERVICE,
+            registry=r,
+        )
+        self.tick_duration = Histogram(
+            TICK_DURATION,
+            "Duration of one autoscaling tick (scrape, decide, act).",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.desired = Gauge(
+            DESIRED_REPLICAS, "Replicas the autoscaler wants.", _SERVICE, registry=r
+        )
+        self.utilization = Gauge(
+            FLEET_UTILIZATION, "Mean utilisation of the reporting workers.", _SERVICE, registry=r
+        )
+        self.requests = Gauge(
+            FLEET_REQUESTS, "Requests per second over the fleet.", _SERVICE, registry=r
+        )
+
+    def forget(self, namespace: str, service: str) -> None:
+        """Drops a deleted service's series (their label sets would otherwise live forever)."""
+        for gauge in (self.desired, self.utilization, self.requests):
+            with contextlib.suppress(KeyError):
+                gauge.remove(namespace, service)
