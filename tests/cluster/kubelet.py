@@ -1,0 +1,252 @@
+"""A loopback kubelet for kwok pods annotated `kwok.embedfleet.dev/real-process`: it runs the
+pod's container command as a real process bound to the pod's 127.x IP, with the container's
+environment and a per-pod folder for each volume, reports readiness from the readiness probe's
+HTTP path like a kubelet, restarts a process that dies (restartPolicy Always) and SIGTERMs it
+when the pod is deleted. The operator then scrapes and scales real workers."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+
+REAL_PROCESS_ANNOTATION = "kwok.embedfleet.dev/real-process"
+RESTART_BACKOFF_SECONDS = 1.0
+BIN_DIR = Path(sys.executable).parent  # the venv's console scripts stand in for the image
+
+
+@dataclass
+class RunningPod:
+    name: str
+    uid: str
+    ip: str
+    port: int
+    ready_path: str
+    command: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    ready: bool = False
+    restarts: int = 0
+    died_at: float | None = None
+    history: list[str] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.ip}:{self.port}"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _probe(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class LoopbackKubelet:
+    def __init__(
+        self,
+        api_client: kubernetes.client.ApiClient,
+        namespace: str,
+        workdir: Path,
+        *,
+        extra_env: dict[str, str] | None = None,
+        prepare_volume: Callable[[str, Path], None] | None = None,
+    ) -> None:
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.namespace = namespace
+        self.workdir = workdir
+        self.extra_env = extra_env or {}
+        self.prepare_volume = prepare_volume  # (volume name, host folder): seed a volume
+        self.pods: dict[str, RunningPod] = {}  # by uid
+        self.finished: list[RunningPod] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="loopback-kubelet", daemon=True)
+
+    def __enter__(self) -> LoopbackKubelet:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+        with self._lock:
+            for pod in list(self.pods.values()):
+                self._terminate(pod)
+            self.pods.clear()
+
+    def running(self) -> list[RunningPod]:
+        with self._lock:
+            return [p for p in self.pods.values() if p.process and p.process.poll() is None]
+
+    def kill(self, pod_name: str) -> None:
+        """SIGKILL the pod's process, as an OOM kill would: the kubelet restarts it."""
+        with self._lock:
+            pod = next(p for p in self.pods.values() if p.name == pod_name)
+            assert pod.process is not None
+            pod.process.kill()
+
+    # ---------------------------------------------------------------------------- loop
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._sync()
+            except Exception as error:  # keep running; the test reads `errors`
+                self.errors.append(f"{type(error).__name__}: {error}")
+            self._stop.wait(0.3)
+
+    def _sync(self) -> None:
+        listed = self.core.list_namespaced_pod(self.namespace).items
+        seen = set()
+        for pod in listed:
+            annotations = pod.metadata.annotations or {}
+            if REAL_PROCESS_ANNOTATION not in annotations:
+                continue
+            uid = pod.metadata.uid
+            if pod.metadata.deletion_timestamp is not None:
+                continue  # terminating: handled below as gone
+            seen.add(uid)
+            with self._lock:
+                known = self.pods.get(uid)
+            if known is None:
+                if pod.status.phase == "Running" and pod.status.pod_ip:
+                    self._start(self._describe(pod))
+                continue
+            self._supervise(known)
+        with self._lock:
+            gone = [p for uid, p in self.pods.items() if uid not in seen]
+            for pod in gone:
+                del self.pods[pod.uid]
+        for pod in gone:
+            self._terminate(pod)
+
+    def _describe(self, pod: Any) -> RunningPod:
+        container = pod.spec.containers[0]
+        port = next(p.container_port for p in container.ports or [] if p.name == "http")
+        probe = container.readiness_probe
+        ready_path = probe.http_get.path if probe and probe.http_get else "/"
+        pod_dir = self.workdir / pod.metadata.name
+        mounts = {}
+        for mount in container.volume_mounts or []:
+            host = pod_dir / "volumes" / mount.name
+            host.mkdir(parents=True, exist_ok=True)
+            if self.prepare_volume is not None:
+                self.prepare_volume(mount.name, host)
+            mounts[mount.mount_path] = str(host)
+        env = {}
+        for variable in container.env or []:
+            value = variable.value or ""
+            for mount_path, host in mounts.items():  # paths inside the container -> volumes
+                if value == mount_path or value.startswith(mount_path + "/"):
+                    value = host + value[len(mount_path) :]
+            env[variable.name] = value
+        env["EMBEDFLEET_HOST"] = pod.status.pod_ip  # 0.0.0.0 in the pod's own namespace
+        command = [*(container.command or []), *(container.args or [])]
+        executable = BIN_DIR / command[0]
+        if executable.exists():
+            command[0] = str(executable)
+        return RunningPod(
+            name=pod.metadata.name,
+            uid=pod.metadata.uid,
+            ip=pod.status.pod_ip,
+            port=port,
+            ready_path=ready_path,
+            command=command,
+            env=env,
+            log_path=pod_dir / "container.log",
+        )
+
+    def _start(self, pod: RunningPod) -> None:
+        pod.log_path.parent.mkdir(parents=True, exist_ok=True)
+        environment = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": "1",  # one CPU per pod: several share this machine's cores
+            **self.extra_env,
+            **pod.env,
+        }
+        with pod.log_path.open("ab") as log:
+            pod.process = subprocess.Popen(
+                pod.command, stdout=log, stderr=subprocess.STDOUT, env=environment
+            )
+        pod.died_at = None
+        pod.history.append(f"started pid {pod.process.pid}")
+        with self._lock:
+            self.pods[pod.uid] = pod
+
+    def _supervise(self, pod: RunningPod) -> None:
+        assert pod.process is not None
+        if pod.process.poll() is not None:
+            if pod.died_at is None:
+                pod.died_at = time.monotonic()
+                pod.history.append(f"exited {pod.process.returncode}")
+                self._set_ready(pod, False)
+            elif time.monotonic() - pod.died_at >= RESTART_BACKOFF_SECONDS:
+                pod.restarts += 1
+                self._start(pod)
+            return
+        ready = _probe(pod.base_url + pod.ready_path)
+        if ready != pod.ready:
+            self._set_ready(pod, ready)
+
+    def _set_ready(self, pod: RunningPod, ready: bool) -> None:
+        value = "True" if ready else "False"
+        now = _now()
+        body = {
+            "status": {
+                "conditions": [
+                    {"type": "Ready", "status": value, "lastTransitionTime": now},
+                    {"type": "ContainersReady", "status": value, "lastTransitionTime": now},
+                ],
+                "containerStatuses": [
+                    {"name": "worker", "ready": ready, "restartCount": pod.restarts,
+                     "started": True, "image": "", "imageID": "",
+                     "state": {"running": {"startedAt": now}}}
+                ],
+            }
+        }  # fmt: skip
+        try:
+            self.core.patch_namespaced_pod_status(
+                pod.name, self.namespace, body,
+                _content_type="application/strategic-merge-patch+json",
+            )  # fmt: skip
+        except kubernetes.client.ApiException as error:
+            if error.status != 404:
+                raise
+        pod.ready = ready
+        pod.history.append(f"ready={ready}")
+
+    def _terminate(self, pod: RunningPod) -> None:
+        process = pod.process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+        pod.history.append("terminated")
+        self.finished.append(pod)

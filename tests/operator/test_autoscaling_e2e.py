@@ -1,0 +1,239 @@
+"""The autoscaler end to end on the local control plane: real `embedfleet-worker` processes
+(MiniLM on CPU) run for the kwok pods on their 127.x IPs (tests/cluster/kubelet.py), traffic
+goes through the Service's ClusterIP (tests/cluster/service_proxy.py), and the operator scrapes
+the workers, scales up under load, rides out a killed worker and returns to minReplicas once
+the fleet has been idle."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import kubernetes
+import pytest
+
+from embedfleet_operator.crd import GROUP, PLURAL, VERSION
+from embedfleet_operator.operator_metrics import SCALE_DECISIONS, SCALE_EVENTS
+from tests.cluster.controlplane import LocalCluster
+from tests.cluster.kubelet import REAL_PROCESS_ANNOTATION, LoopbackKubelet
+from tests.cluster.processes import free_loopback_port, wait_until
+from tests.cluster.service_proxy import ServiceProxy
+from tests.modelzoo import minilm_dir
+from tests.operator.operator_process import OperatorProcess, create_peering, install_crds
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+NAME = "minilm"
+TICK = 2
+IDLE = 8
+
+
+def service_manifest() -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "EmbeddingService",
+        "metadata": {"name": NAME},
+        "spec": {
+            "model": {"name": str(minilm_dir())},
+            "resources": {"gpus": 0, "cpu": "1", "memory": "2Gi"},
+            "engine": {"maxBatchTokens": 2048},
+            "podAnnotations": {REAL_PROCESS_ANNOTATION: "true"},
+            "autoscaling": {
+                "minReplicas": 1,
+                "maxReplicas": 4,
+                "targetRequestsPerSecondPerReplica": 3,
+                "idleTimeoutSeconds": IDLE,
+                "scaleDownStabilizationSeconds": 10,
+            },
+        },
+    }
+
+
+class Load:
+    """Steady request rate through the Service, a new connection per request (so kube-proxy
+    style balancing spreads it), counting what came back."""
+
+    def __init__(self, url: str, rate: float, threads: int = 6) -> None:
+        self.url, self.interval = url + "/v1/embeddings", threads / rate
+        self.ok = 0
+        self.failed: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def _run(self, index: int) -> None:
+        count = 0
+        with httpx.Client(timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as http:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    response = http.post(self.url, json={"input": f"sentence {index}-{count}"})
+                    if response.status_code == 200:
+                        self.ok += 1
+                    else:
+                        self.failed.append(f"{response.status_code} {response.text[:200]}")
+                except httpx.HTTPError as error:
+                    self.failed.append(f"{type(error).__name__}: {error}")
+                count += 1
+                self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+
+def requests_served(base_url: str) -> float:
+    try:
+        with urllib.request.urlopen(base_url + "/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except (urllib.error.URLError, OSError):
+        return 0.0
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("embedfleet_requests_total{")
+    )
+
+
+@pytest.fixture
+def fleet(
+    cluster: LocalCluster, namespace: str, tmp_path: Path
+) -> Iterator[tuple[OperatorProcess, LoopbackKubelet, str]]:
+    install_crds(cluster)
+    create_peering(cluster, namespace)
+    metrics_port = free_loopback_port()
+    operator = OperatorProcess(
+        cluster, namespace, tmp_path / "operator.log",
+        "--resync-seconds", "5", "--autoscale-seconds", str(TICK),
+        "--scrape-timeout-seconds", "1", "--metrics-address", f"127.0.0.1:{metrics_port}",
+    )  # fmt: skip
+    kubelet = LoopbackKubelet(cluster.api_client(), namespace, tmp_path / "pods")
+    with kubelet:
+        try:
+            yield operator, kubelet, f"http://127.0.0.1:{metrics_port}/metrics"
+        finally:
+            assert operator.stop() == 0
+    assert not kubelet.errors, kubelet.errors
+    assert all(p.process is None or p.process.poll() is not None for p in kubelet.finished)
+    assert "Traceback" not in operator.log(), operator.log()[-4000:]
+
+
+def test_scales_up_under_load_and_back_to_min_when_idle(
+    cluster: LocalCluster, namespace: str, fleet: tuple[OperatorProcess, LoopbackKubelet, str]
+) -> None:
+    _, kubelet, operator_metrics_url = fleet
+    api = cluster.api_client()
+    custom = kubernetes.client.CustomObjectsApi(api)
+    apps = kubernetes.client.AppsV1Api(api)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, service_manifest())
+
+    def status() -> dict[str, Any]:
+        body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, NAME)
+        return dict(body.get("status") or {})
+
+    def ready_workers() -> int:
+        return int(status().get("readyReplicas") or 0)
+
+    def replicas() -> int:
+        return int(apps.read_namespaced_deployment(NAME, namespace).spec.replicas or 0)
+
+    wait_until(lambda: ready_workers() == 1, 180, "the first real worker ready")
+    assert replicas() == 1
+
+    # Load: ~12 requests/s against a target of 3 per replica wants 4 replicas.
+    seen: list[int] = []
+    watching = threading.Event()
+
+    def watch_replicas() -> None:
+        while not watching.is_set():
+            seen.append(replicas())
+            watching.wait(0.5)
+
+    watcher = threading.Thread(target=watch_replicas)
+    with ServiceProxy(api, namespace, NAME) as proxy, Load(proxy.url, rate=12) as load:
+        watcher.start()
+        started = time.monotonic()
+        try:
+            wait_until(lambda: replicas() >= 3, 8 * TICK + 30, "a scale-up under load")
+        except TimeoutError as error:
+            raise AssertionError(
+                f"{error}; load ok={load.ok} failed={load.failed[:3]}; proxy endpoints="
+                f"{proxy.endpoints} connections={proxy.connections}; status={status()}"
+            ) from error
+        scale_up_after = time.monotonic() - started
+        first = status()
+        assert first["lastScaleReason"] in {
+            "RequestsPerSecondAboveTarget", "ScaleUpRateLimited", "QueueGrowing"
+        }, first  # fmt: skip
+        wait_until(lambda: ready_workers() >= 3, 240, "the new workers ready")
+
+        # Kill one worker's process mid-run: its pod turns unready, is restarted, and the
+        # fleet must never shrink for it.
+        victim = kubelet.running()[0]
+        kubelet.kill(victim.name)
+        wait_until(lambda: victim.restarts >= 1 and victim.ready, 180, "the killed worker back")
+        time.sleep(4 * TICK)
+        live = status()
+        assert live["metrics"]["requestsPerSecond"] > 0, live
+        assert live["metrics"]["reportingWorkers"] >= 1, live
+        table = subprocess.run(
+            [str(cluster.bin_dir / "kubectl"), "--kubeconfig", str(cluster.admin_kubeconfig),
+             "-n", namespace, "get", "embsvc", NAME, "-o", "wide"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        header, row = (line.split() for line in table.splitlines()[:2])
+        assert float(row[header.index("RPS")]) > 0, table
+        during_load = list(seen)
+        workers = kubelet.running()
+
+    assert all(b >= a for a, b in itertools.pairwise(during_load)), during_load
+    # New workers took traffic: every worker that ran under load served requests.
+    served = {w.name: requests_served(w.base_url) for w in workers}
+    assert len(served) >= 3, served
+    assert all(count > 0 for count in served.values()), served
+    # Lost requests: only those in flight on the killed worker may fail.
+    assert load.ok > 100, (load.ok, load.failed[:5])
+    assert len(load.failed) <= 10, load.failed[:10]
+
+    # Idle: back to minReplicas after the idle timeout, with the reason saying so.
+    idle_started = time.monotonic()
+    wait_until(lambda: replicas() == 1, IDLE + 10 * TICK + 30, "scale-down to minReplicas")
+    idle_after = time.monotonic() - idle_started
+    watching.set()
+    watcher.join(10)
+    final = status()
+    assert final["lastScaleReason"] == "Idle", final
+    assert idle_after >= IDLE, idle_after
+    conditions = {c["type"]: c for c in final["conditions"]}
+    assert conditions["ScalingActive"]["status"] == "True", conditions
+    assert conditions["ScalingLimited"]["status"] == "True", conditions  # at minReplicas
+    assert {"Ready", "Progressing", "Degraded"} <= set(conditions), conditions
+
+    events = (
+        kubernetes.client.CoreV1Api(api)
+        .list_namespaced_event(namespace, field_selector="involvedObject.kind=EmbeddingService")
+        .items
+    )
+    reasons = [e.reason for e in events]
+    assert "ScaledUp" in reasons, reasons
+    assert "ScaledDown" in reasons, reasons
+    exported = httpx.get(operator_metrics_url, timeout=5).text
+    assert f'{SCALE_EVENTS}{{direction="up",namespace="{namespace}",service="{NAME}"}}' in exported
+    assert SCALE_DECISIONS in exported
+    print(
+        f"scale-up after {scale_up_after:.1f}s of load, idle scale-down after {idle_after:.1f}s; "
+        f"{load.ok} requests ok, {len(load.failed)} failed; per-worker requests {served}"
+    )
