@@ -1,0 +1,303 @@
+"""The autoscalers bench/autoscale_sim.py compares: embedfleet's real policy and three baselines
+written from their public specifications. Each gets the same fleet, target (65% utilisation),
+minReplicas and maxReplicas; each decides every `period` seconds and returns the replica count
+the fleet must have; the simulator creates or removes pods to match at once."""
+
+from __future__ import annotations
+
+import math
+
+from bench._sim_cluster import Cluster, SimConfig
+from embedfleet_operator.policy import (
+    History,
+    Observation,
+    PodMetrics,
+    PodObservation,
+    ScalingSpec,
+    decide,
+    remember,
+)
+
+
+class Autoscaler:
+    name = "?"
+    period = 15  # seconds between decisions
+    per_second = False  # whether `observe` must be called every simulated second
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.last_reason = ""
+
+    def start(self, now: int, cluster: Cluster) -> None:
+        """Called once before the first second (the initial fleet is ready and idle)."""
+
+    def observe(self, now: int, cluster: Cluster) -> None:
+        """Called after every simulated second when `per_second` is set."""
+
+    def decide(self, now: int, cluster: Cluster) -> int:
+        raise NotImplementedError
+
+    def _clamp(self, replicas: int) -> int:
+        return max(self.config.min_replicas, min(self.config.max_replicas, replicas))
+
+
+class Embedfleet(Autoscaler):
+    """`embedfleet_operator.policy.decide` and `remember`, unchanged, fed what the operator's
+    observer would see: every tick each ready pod's rates over the last tick from counter
+    deltas (requests/s, tokens/s, engine busy fraction, NVML utilisation taken equal to it)
+    and its queue gauges at the sampling instant. A pod first scraped this tick has no rate
+    yet (`PodObservation(name, None)`): the observer needs two scrapes."""
+
+    name = "embedfleet"
+
+    def __init__(self, config: SimConfig, tick: int = 15) -> None:
+        super().__init__(config)
+        self.period = tick
+        self.spec = ScalingSpec(
+            min_replicas=config.min_replicas,
+            max_replicas=config.max_replicas,
+            target_utilization_percent=config.target_percent,
+            idle_timeout_seconds=120.0,
+            stabilization_seconds=300.0,
+            tick_seconds=float(tick),
+            queue_threshold_tokens=16384.0,
+        )
+        self.history = History()
+        self.scraped: dict[int, float] = {}  # pod -> served tokens at the last scrape
+
+    def _scrape(self, cluster: Cluster) -> tuple[PodObservation, ...]:
+        capacity, size, window = cluster.capacity, self.config.request_tokens, float(self.period)
+        scraped: dict[int, float] = {}
+        pods: list[PodObservation] = []
+        for i, pod in enumerate(cluster.ids):
+            served = scraped[pod] = cluster.served(i)
+            before = self.scraped.get(pod)
+            if before is None:
+                pods.append(PodObservation(f"worker-{pod}", None))
+                continue
+            tokens = (served - before) / window
+            busy = min(1.0, tokens / capacity)
+            queue = cluster.queue[i]
+            metrics = PodMetrics(
+                requests_per_second=tokens / size,
+                tokens_per_second=tokens,
+                engine_utilization=busy,
+                gpu_utilization=busy,
+                queue_tokens=queue,
+                queue_requests=float(math.ceil(queue / size)),
+            )
+            pods.append(PodObservation(f"worker-{pod}", metrics))
+        self.scraped = scraped
+        return tuple(pods)
+
+    def start(self, now: int, cluster: Cluster) -> None:
+        self._scrape(cluster)
+
+    def decide(self, now: int, cluster: Cluster) -> int:
+        observation = Observation(
+            current_replicas=cluster.pod_count, ready_pods=self._scrape(cluster)
+        )
+        decision = decide(observation, self.spec, self.history, float(now))
+        self.history = remember(self.history, observation, decision, self.spec, float(now))
+        self.last_reason = decision.reason
+        return decision.replicas
+
+
+class Hpa(Autoscaler):
+    """Kubernetes HPA (autoscaling/v2) with default behaviour, on a Pods metric: the GPU
+    utilisation from DCGM-exporter through Prometheus and the Prometheus Adapter, target average
+    65. Sources: kubernetes.io/docs/tasks/run-application/horizontal-pod-autoscale/ ("Algorithm
+    details", "Default behavior") and pkg/controller/podautoscaler (replica_calculator.go,
+    horizontal.go). Modelled as:
+
+    - sync every 15 s; the metric a pod shows is its utilisation averaged over 60 s (the
+      adapter's rate window) ending 30 s ago (one scrape interval of lag): a pod has one once
+      it has been ready for the whole window, and is "missing" before;
+    - pods not ready, or ready for under 30 s, are unready: set aside, counted at 0% when the
+      others say scale up, ignored otherwise; missing pods count at 100% of the target on a
+      scale-down and 0% on a scale-up; if that flips the direction or lands in the tolerance
+      (0.1), nothing moves; no pod with a metric at all: nothing moves;
+    - behaviour: scale-up stabilisation 0 s, at most max(+100%, +4 pods) per 15 s; scale-down
+      stabilisation 300 s (the highest recommendation in the window), up to 100% per 15 s."""
+
+    name = "hpa"
+    tolerance = 0.1
+    readiness_delay = 30  # delayOfInitialReadinessStatus
+
+    def __init__(self, config: SimConfig, lag: int = 30, window: int = 60) -> None:
+        super().__init__(config)
+        self.lag, self.window = lag, window
+        self.snapshots: dict[int, dict[int, float]] = {}  # sync time -> pod -> served tokens
+        self.recommendations: list[tuple[int, int]] = []  # (time, desired)
+        self.changes: list[tuple[int, int]] = []  # (time, replicas added; negative: removed)
+
+    def start(self, now: int, cluster: Cluster) -> None:
+        self.snapshots[now] = {pod: cluster.served(i) for i, pod in enumerate(cluster.ids)}
+
+    def usage(self, now: int, cluster: Cluster) -> tuple[list[float], int, int]:
+        """(utilisation percent of pods with a metric, unready pods, missing pods)."""
+        self.start(now, cluster)
+        end = self.snapshots.get(now - self.lag, {})
+        begin = self.snapshots.get(now - self.lag - self.window, {})
+        for old in [t for t in self.snapshots if t < now - self.lag - self.window]:
+            del self.snapshots[old]
+        metrics: list[float] = []
+        unready, missing = len(cluster.starting), 0
+        scale = 100.0 / (self.window * cluster.capacity)
+        for i, pod in enumerate(cluster.ids):
+            if now - cluster.ready_at[i] < self.readiness_delay:
+                unready += 1
+            elif pod in begin and pod in end:
+                metrics.append((end[pod] - begin[pod]) * scale)
+            else:
+                missing += 1
+        return metrics, unready, missing
+
+    def desired(self, metrics: list[float], unready: int, missing: int, current: int) -> int:
+        """replica_calculator.go, calcPlainMetricReplicas with an AverageValue target."""
+        target, tolerance = self.config.target_percent, self.tolerance
+        ratio = sum(metrics) / len(metrics) / target
+        up_with_unready = unready > 0 and ratio > 1.0
+        if not up_with_unready and missing == 0:
+            if abs(1.0 - ratio) <= tolerance:
+                return current
+            return math.ceil(ratio * len(metrics))
+        values = list(metrics)
+        values += [target if ratio < 1.0 else 0.0] * missing
+        if up_with_unready:
+            values += [0.0] * unready
+        new_ratio = sum(values) / len(values) / target
+        if abs(1.0 - new_ratio) <= tolerance or (ratio - 1.0) * (new_ratio - 1.0) < 0:
+            return current
+        replicas = math.ceil(new_ratio * len(values))
+        if (new_ratio < 1.0 and replicas > current) or (new_ratio > 1.0 and replicas < current):
+            return current
+        return replicas
+
+    def behave(self, now: int, current: int, desired: int) -> int:
+        """horizontal.go: stabilizeRecommendationWithBehaviors, then the rate policies."""
+        up_window, down_window = 0, 300
+        up = down = desired
+        for when, recommended in self.recommendations:
+            if when > now - up_window:
+                up = min(up, recommended)
+            if when > now - down_window:
+                down = max(down, recommended)
+        replicas = min(max(current, up), down)
+        self.recommendations = [r for r in self.recommendations if r[0] > now - down_window]
+        self.recommendations.append((now, desired))
+        period = 15
+        recent = [change for when, change in self.changes if when > now - period]
+        start = current - sum(c for c in recent if c > 0) - sum(c for c in recent if c < 0)
+        if replicas > current:
+            limit = max(math.ceil(start * 2.0), start + 4, current)
+            replicas = min(replicas, limit)
+        elif replicas < current:
+            limit = min(math.floor(start * (1 - 1.0)), current)
+            replicas = max(replicas, limit)
+        replicas = self._clamp(replicas)
+        self.changes = [c for c in self.changes if c[0] > now - period]
+        if replicas != current:
+            self.changes.append((now, replicas - current))
+        return replicas
+
+    def decide(self, now: int, cluster: Cluster) -> int:
+        current = cluster.pod_count
+        metrics, unready, missing = self.usage(now, cluster)
+        if not metrics:
+            self.last_reason = "NoMetrics"
+            return current
+        wanted = self.desired(metrics, unready, missing, current)
+        replicas = self.behave(now, current, wanted)
+        self.last_reason = "Up" if replicas > current else "Down"
+        return replicas
+
+
+class Knative(Autoscaler):
+    """Knative Serving's KPA, defaults except the target (knative.dev/docs/serving/autoscaling/
+    and pkg/autoscaler/scaling/autoscaler.go): decisions every 2 s on the fleet's concurrency
+    (requests in flight, queued ones included, as the queue-proxy counts them) averaged over a
+    60 s stable window and a 6 s panic window (10%). The target is the concurrency of one
+    replica serving 65% of its capacity with no queue: 0.65 x capacity / request size x service
+    time (Little's law), so on a queue-free fleet it sizes exactly as a 65% utilisation target.
+    desired = ceil(window average / target), kept within [floor(ready / 2), 1000 x ready] (max
+    scale-down rate 2, max scale-up rate 1000); panic starts when the panic window asks for at
+    least 2x the ready pods (panic threshold 200%), takes the larger of the two windows, never
+    scales down, and ends once the panic window has stayed below the threshold for a stable
+    window. minScale 1 (no scale to zero), no scale-down delay, no activator burst capacity."""
+
+    name = "knative"
+    period = 2
+    per_second = True
+    stable_window = 60
+    panic_window = 6
+    panic_threshold = 2.0
+    max_scale_up_rate = 1000.0
+    max_scale_down_rate = 2.0
+
+    def __init__(self, config: SimConfig) -> None:
+        super().__init__(config)
+        # In flight, in tokens: queued + served in the last second x service time.
+        self.target = config.target_percent / 100 * config.capacity * config.service_seconds
+        self.samples = [0.0] * self.stable_window  # per-second concurrency, a ring
+        self.seen = 0
+        self.panic_since: int | None = None
+        self.max_panic_pods = 0
+
+    def observe(self, now: int, cluster: Cluster) -> None:
+        in_flight = cluster.backlog + cluster.pending_tokens + cluster.last_served * cluster.service
+        self.samples[now % self.stable_window] = in_flight
+        self.seen += 1
+
+    def averages(self, now: int) -> tuple[float, float]:
+        stable_n = min(self.seen, self.stable_window)
+        panic_n = min(self.seen, self.panic_window)
+        if stable_n == 0:
+            return 0.0, 0.0
+        ring = self.samples
+        panic = sum(ring[(now - k) % self.stable_window] for k in range(panic_n))
+        return sum(ring) / stable_n, panic / panic_n
+
+    def decide(self, now: int, cluster: Cluster) -> int:
+        stable, panic = self.averages(now)
+        ready = max(1.0, float(cluster.ready))
+        max_up = math.ceil(self.max_scale_up_rate * ready)
+        max_down = math.floor(ready / self.max_scale_down_rate)
+        stable_pods = math.ceil(stable / self.target - 1e-9)
+        panic_pods = math.ceil(panic / self.target - 1e-9)
+        desired_stable = min(max(stable_pods, max_down), max_up)
+        desired_panic = min(max(panic_pods, max_down), max_up)
+        over = panic_pods / ready >= self.panic_threshold
+        if over:
+            self.panic_since = now
+        elif self.panic_since is not None and self.panic_since + self.stable_window < now:
+            self.panic_since, self.max_panic_pods = None, 0
+        desired = desired_stable
+        self.last_reason = "Stable"
+        if self.panic_since is not None:
+            self.last_reason = "Panic"
+            desired = max(desired, desired_panic)
+            if desired > self.max_panic_pods:
+                self.max_panic_pods = desired
+            else:
+                desired = self.max_panic_pods
+        return self._clamp(desired)
+
+
+class Fixed(Autoscaler):
+    """No autoscaling: a fleet sized for the trace's peak one-minute rate at the same 65%
+    utilisation target, ceil(peak / (0.65 x capacity)) replicas, all ready from the start."""
+
+    name = "fixed"
+    period = 3600
+
+    def __init__(self, config: SimConfig, replicas: int) -> None:
+        super().__init__(config)
+        self.replicas = replicas
+        self.last_reason = "Fixed"
+
+    def decide(self, now: int, cluster: Cluster) -> int:
+        return self.replicas
+
+
+POLICY_NAMES = ("embedfleet", "hpa", "knative", "fixed")

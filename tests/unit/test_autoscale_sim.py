@@ -1,0 +1,254 @@
+"""bench/autoscale_sim.py: the simulator runs the operator's real `decide` and meets the
+acceptance on the day-long traces; the fleet model conserves tokens; the baselines follow
+their published rules (HPA's rate limits, unready and missing pods, stabilisation; Knative's
+panic mode and scale-down rate)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import bench._sim_policies as sim_policies
+from bench._sim_cluster import Cluster, SimConfig
+from bench._sim_policies import Embedfleet, Hpa, Knative
+from bench._sim_run import RunResult, ScaleEvent, flaps
+from bench._sim_traces import DAY_S, make_trace
+from bench.autoscale_sim import acceptance, main, run_all
+from embedfleet_operator import policy as real_policy
+
+CONFIG = SimConfig()
+C = CONFIG.capacity
+
+
+@pytest.fixture(scope="module")
+def full_run() -> list[RunResult]:
+    """All four traces under all four policies, with the real `decide` counted."""
+    calls = 0
+
+    def counting(*args: Any) -> real_policy.Decision:
+        nonlocal calls
+        calls += 1
+        return real_policy.decide(*args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sim_policies, "decide", counting)
+        _, results = run_all(
+            CONFIG, ("diurnal", "spike", "onoff", "ramp"), sim_policies.POLICY_NAMES, 7.5
+        )
+    assert calls == 4 * DAY_S // 15  # embedfleet decided every 15 s tick of every trace
+    return results
+
+
+def test_acceptance_holds_on_the_default_traces(full_run: list[RunResult]) -> None:
+    checks = acceptance(full_run)
+    assert len(checks) == 7
+    failed = [c for c in checks if c["passed"] is not True]
+    assert not failed, failed
+
+
+def test_the_real_policy_decides_and_the_rules_show(full_run: list[RunResult]) -> None:
+    ours = {r.trace: r for r in full_run if r.policy == "embedfleet"}
+    assert "UtilizationAboveTarget" in ours["diurnal"].reasons
+    assert "Idle" in ours["onoff"].reasons  # idle hours go straight to minReplicas
+    assert "QueueGrowing" in ours["spike"].reasons  # the spike is seen in the queue first
+    fixed = {r.trace: r for r in full_run if r.policy == "fixed"}
+    assert all(r.scale_events == 0 for r in fixed.values())
+    for r in full_run:
+        assert 1 <= r.peak_replicas <= CONFIG.max_replicas
+        assert r.gpu_hours >= 24 * CONFIG.min_replicas
+
+
+def test_traces_are_deterministic_and_diurnal_mean_is_well_below_half_the_peak() -> None:
+    one = make_trace("diurnal", peak_tokens_per_s=200_000, request_tokens=500, seed=3)
+    two = make_trace("diurnal", peak_tokens_per_s=200_000, request_tokens=500, seed=3)
+    assert one.arrivals == two.arrivals
+    assert len(one.arrivals) == DAY_S
+    assert one.mean_tokens_per_s < 0.4 * one.peak_tokens_per_s
+    night = sum(one.arrivals[: 4 * 3600]) / (4 * 3600)
+    assert 0.05 * 200_000 < night < 0.11 * 200_000
+    onoff = make_trace("onoff", peak_tokens_per_s=200_000, request_tokens=500, seed=3)
+    assert sum(onoff.arrivals[4 * 3600 : 7 * 3600]) == 0  # idle hours are idle
+
+
+# --------------------------------------------------------------------------- fleet model
+def test_tokens_are_conserved_through_overload_and_scale_down() -> None:
+    cluster = Cluster(CONFIG, initial_ready=3)
+    arrived = 0.0
+    for second in range(120):
+        load = 5 * C if second < 100 else 0.5 * C
+        cluster.step(second, load)
+        arrived += load
+    queued = cluster.backlog
+    assert queued > 0
+    served = sum(cluster.served(i) for i in range(cluster.ready))
+    assert served + queued == pytest.approx(arrived)
+    kept = cluster.served(0)
+    cluster.scale_to(120, 1)  # two ready replicas go; their queues move to the one left
+    assert (cluster.ready, cluster.pod_count) == (1, 1)
+    assert cluster.queue[0] == pytest.approx(queued)
+    assert cluster.backlog == pytest.approx(queued)
+    assert cluster.served(0) == pytest.approx(kept)
+    for second in range(120, 300):
+        cluster.step(second, 0.0)
+    assert cluster.backlog == 0.0
+    assert cluster.served(0) == pytest.approx(kept + queued)
+
+
+def test_overload_makes_slow_minutes_and_start_delays_repeat_per_seed() -> None:
+    cluster = Cluster(CONFIG, initial_ready=1)
+    for second in range(60):
+        cluster.step(second, 0.5 * C)
+    assert cluster.close_minute() == pytest.approx(CONFIG.service_seconds)
+    for second in range(60, 120):
+        cluster.step(second, 2 * C)  # a queue of C tokens more every second
+    p95 = cluster.close_minute()
+    assert p95 is not None
+    assert p95 > 50  # near the end of the minute the queue is ~60 s of work
+    # The k-th pod created gets the k-th delay, whenever it is created.
+    first, other = Cluster(CONFIG, 1), Cluster(CONFIG, 1)
+    first.scale_to(0, 4)
+    other.scale_to(0, 2)
+    other.scale_to(10, 4)
+    delays = [r for r, _ in first.starting]
+    assert [r - t for (r, _), t in zip(other.starting, (0, 10, 10), strict=True)] == delays
+    assert all(60 <= d <= 180 for d in delays)
+    assert len(set(delays)) == 3
+
+
+def test_scale_down_removes_starting_pods_first() -> None:
+    cluster = Cluster(CONFIG, initial_ready=2)
+    cluster.scale_to(0, 5)
+    cluster.scale_to(15, 3)
+    assert (cluster.ready, len(cluster.starting), cluster.pod_count) == (2, 1, 3)
+
+
+def test_flaps_counts_scale_downs_undone_within_the_window() -> None:
+    events = [
+        ScaleEvent(600, 4, 3, "x"),
+        ScaleEvent(800, 3, 4, "x"),  # 200 s later: a flap
+        ScaleEvent(2000, 4, 3, "x"),
+        ScaleEvent(2400, 3, 4, "x"),  # 400 s later: not a flap
+    ]
+    steady = [True] * 60
+    assert flaps(events, steady) == (1, 1)
+    steady[12] = False  # the minute of the scale-up (800 s) is not steady
+    assert flaps(events, steady) == (1, 0)
+
+
+# --------------------------------------------------------------------------- embedfleet adapter
+def test_embedfleet_sees_no_rate_from_a_pod_scraped_once() -> None:
+    cluster = Cluster(CONFIG, initial_ready=1)
+    scaler = Embedfleet(CONFIG)
+    scaler.start(0, cluster)
+    cluster.scale_to(0, 2)
+    for second in range(200):
+        cluster.step(second, 0.5 * C)
+    assert cluster.ready == 2
+    pods = scaler._scrape(cluster)
+    assert pods[0].metrics is not None
+    assert pods[0].metrics.tokens_per_second > 0
+    assert pods[1].metrics is None  # became ready since the last scrape
+
+
+# --------------------------------------------------------------------------- HPA
+def test_hpa_scale_up_is_limited_to_max_of_100_percent_and_4_pods() -> None:
+    hpa = Hpa(CONFIG)
+    assert hpa.behave(15, current=1, desired=20) == 5
+    hpa = Hpa(SimConfig(max_replicas=100))
+    assert hpa.behave(15, current=8, desired=40) == 16
+
+
+def test_hpa_scale_down_waits_for_the_stabilisation_window() -> None:
+    hpa = Hpa(CONFIG)
+    assert hpa.behave(0, current=6, desired=6) == 6
+    assert hpa.behave(15, current=6, desired=2) == 6  # 6 was recommended less than 300 s ago
+    assert hpa.behave(299, current=6, desired=2) == 6
+    assert hpa.behave(301, current=6, desired=2) == 2  # 100% per period: all the way at once
+
+
+def test_hpa_unready_pods_count_as_zero_on_scale_up() -> None:
+    hpa = Hpa(CONFIG)
+    assert hpa.desired([100.0, 100.0], unready=0, missing=0, current=2) == 4
+    # One busy pod and one starting: 100% and 0% average below the target: hold.
+    assert hpa.desired([100.0], unready=1, missing=0, current=2) == 2
+    # Two busy pods and one starting: 67% against 65%, inside the tolerance: hold.
+    assert hpa.desired([100.0, 100.0], unready=1, missing=0, current=3) == 3
+    assert hpa.desired([100.0, 100.0, 100.0], unready=1, missing=0, current=4) == 5
+
+
+def test_hpa_missing_pods_count_as_the_target_on_scale_down() -> None:
+    hpa = Hpa(CONFIG)
+    assert hpa.desired([10.0, 10.0], unready=0, missing=0, current=2) == 1
+    assert hpa.desired([10.0], unready=0, missing=1, current=2) == 2
+    assert hpa.desired([68.0, 68.0], unready=0, missing=0, current=2) == 2  # within tolerance
+
+
+def test_hpa_metric_lags_and_needs_a_full_window() -> None:
+    cluster = Cluster(CONFIG, initial_ready=1)
+    hpa = Hpa(CONFIG)
+    hpa.start(0, cluster)
+    for now in range(15, 181, 15):
+        for second in range(now - 15, now):
+            cluster.step(second, (0.3 if second < 120 else 1.0) * C)
+        metrics, unready, missing = hpa.usage(now, cluster)
+        if now < 90:
+            assert (metrics, missing) == ([], 1)
+        elif now <= 150:
+            assert metrics == [pytest.approx(30.0)]  # the window ends 30 s ago: no step yet
+        else:
+            assert metrics[0] > 30.0
+        assert unready == 0
+
+
+# --------------------------------------------------------------------------- Knative
+def test_knative_panics_on_a_burst_and_never_scales_down_while_panicking() -> None:
+    cluster = Cluster(CONFIG, initial_ready=1)
+    kpa = Knative(CONFIG)
+    decisions: list[tuple[int, int, str, int]] = []  # (time, replicas, reason, stable's wish)
+    for second in range(400):
+        cluster.step(second, 3 * C if 120 <= second < 126 else 0.3 * C)
+        now = second + 1
+        kpa.observe(now, cluster)
+        if now % kpa.period == 0:
+            replicas = kpa.decide(now, cluster)
+            stable, _ = kpa.averages(now)
+            decisions.append((now, replicas, kpa.last_reason, math.ceil(stable / kpa.target)))
+            cluster.scale_to(now, replicas)
+    assert all(d[1:3] == (1, "Stable") for d in decisions if d[0] <= 120)
+    panic = [d for d in decisions if d[2] == "Panic"]
+    assert panic[0][0] <= 124  # seconds after the burst, not a stable window later
+    peak = max(d[1] for d in panic)
+    assert peak >= 8
+    held = panic[[d[1] for d in panic].index(peak) :]
+    assert all(d[1] == peak for d in held)  # never down while panicking ...
+    assert any(d[3] < peak for d in held)  # ... though the stable window alone would be
+    assert decisions[-1][2] == "Stable"
+    assert decisions[-1][1] < peak
+
+
+def test_knative_scales_down_at_most_by_half_per_decision() -> None:
+    cluster = Cluster(CONFIG, initial_ready=8)
+    kpa = Knative(CONFIG)
+    for second in range(60):
+        cluster.step(second, 0.0)
+        kpa.observe(second + 1, cluster)
+    assert kpa.decide(60, cluster) == 4
+
+
+# --------------------------------------------------------------------------- CLI
+def test_cli_check_writes_json_and_fails_when_hpa_is_not_beaten(tmp_path: Path) -> None:
+    out = tmp_path / "sim.json"
+    assert (
+        main(["--traces", "spike", "--policies", "embedfleet,hpa", "--check", "--json", str(out)])
+        == 0
+    )
+    report = json.loads(out.read_text())
+    assert {r["policy"] for r in report["runs"]} == {"embedfleet", "hpa"}
+    assert report["events"]["spike/embedfleet"]
+    # With the SLO so loose that nobody violates it, "fewer than HPA on spike" cannot hold.
+    args = ["--traces", "spike", "--policies", "embedfleet,hpa", "--slo", "10000", "--check"]
+    assert main(args) == 1
