@@ -1,4 +1,4 @@
-"""Locates (building once if needed) the control-plane binaries pinned in versions.env."""
+"""Locates (building once if needed) the control-plane binaries and helm pinned in versions.env."""
 
 from __future__ import annotations
 
@@ -42,3 +42,23 @@ def binaries_dir() -> Path:
     if missing:
         raise RuntimeError(f"control-plane binaries missing from {folder}: {missing}")
     return folder
+
+
+def helm_path() -> Path:
+    """The helm binary: KUBEBUILDER_ASSETS/helm when executable, else the cache's, built by
+    `build-binaries.sh helm` the first time (minutes; later calls return at once)."""
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    if assets and os.access(Path(assets) / "helm", os.X_OK):
+        return Path(assets) / "helm"
+    result = subprocess.run(
+        ["bash", str(BUILD_SCRIPT), "helm"], check=False, stdout=subprocess.PIPE, text=True
+    )
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"{BUILD_SCRIPT.name} helm failed (exit {result.returncode}); see its stderr above"
+        )
+    helm = Path(lines[-1]) / "helm"
+    if not os.access(helm, os.X_OK):
+        raise RuntimeError(f"helm {pinned_versions().get('HELM_VERSION')} missing: no {helm}")
+    return helm
