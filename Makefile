@@ -7,7 +7,7 @@ export EMBEDFLEET_CACHE ?= $(HOME)/.cache/embedfleet
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 EXTRAS := operator,worker,test
 
-.PHONY: test venv binaries lint unit pytest serve bench-smoke clean
+.PHONY: test demo venv binaries lint unit pytest serve bench-smoke manifests crd clean
 
 test: venv binaries lint pytest
 
@@ -22,6 +22,17 @@ $(VENV)/.installed: pyproject.toml
 binaries:
 	@bash tests/cluster/build-binaries.sh >/dev/null
 	@echo "control-plane binaries: $$(bash tests/cluster/build-binaries.sh)"
+
+# The README's command for the main job: the whole product on a local control plane.
+demo: venv binaries
+	$(BIN)/python -m tests.cluster.demo $(DEMO_ARGS)
+
+# Generated files: the CRD from crd.py, deploy/operator/ and the chart's crds/ from the chart.
+crd: venv
+	$(BIN)/python -m embedfleet_operator.crd > deploy/crd/embeddingservices.embedfleet.dev.yaml
+
+manifests: venv crd
+	$(BIN)/python -m tests.cluster.manifests
 
 lint: venv
 	$(BIN)/ruff check .

@@ -94,6 +94,8 @@ class Autoscaler:
         state.history = remember(state.history, observation, decision, scaling, now)
         self._metrics.decisions.labels(*labels, decision.reason).inc()
         self._metrics.desired.labels(*labels).set(decision.replicas)
+        self._metrics.min_replicas.labels(*labels).set(scaling.min_replicas)
+        self._metrics.max_replicas.labels(*labels).set(scaling.max_replicas)
         if decision.metrics is not None:
             self._metrics.requests.labels(*labels).set(decision.metrics.requests_per_second)
             if decision.metrics.utilization_percent is not None:

@@ -23,6 +23,8 @@ SCRAPES = "embedfleet_operator_scrapes_total"
 SCRAPE_FAILURES = "embedfleet_operator_scrape_failures_total"
 TICK_DURATION = "embedfleet_operator_autoscale_tick_seconds"
 DESIRED_REPLICAS = "embedfleet_operator_desired_replicas"
+MIN_REPLICAS = "embedfleet_operator_min_replicas"
+MAX_REPLICAS = "embedfleet_operator_max_replicas"
 FLEET_UTILIZATION = "embedfleet_operator_fleet_utilization_percent"
 FLEET_REQUESTS = "embedfleet_operator_fleet_requests_per_second"
 
@@ -63,6 +65,8 @@ class OperatorMetrics:
         self.desired = Gauge(
             DESIRED_REPLICAS, "Replicas the autoscaler wants.", _SERVICE, registry=r
         )
+        self.min_replicas = Gauge(MIN_REPLICAS, "The spec's minReplicas.", _SERVICE, registry=r)
+        self.max_replicas = Gauge(MAX_REPLICAS, "The spec's maxReplicas.", _SERVICE, registry=r)
         self.utilization = Gauge(
             FLEET_UTILIZATION, "Mean utilisation of the reporting workers.", _SERVICE, registry=r
         )
@@ -72,6 +76,13 @@ class OperatorMetrics:
 
     def forget(self, namespace: str, service: str) -> None:
         """Drops a deleted service's series (their label sets would otherwise live forever)."""
-        for gauge in (self.desired, self.utilization, self.requests):
+        gauges = (
+            self.desired,
+            self.min_replicas,
+            self.max_replicas,
+            self.utilization,
+            self.requests,
+        )
+        for gauge in gauges:
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, service)

@@ -47,15 +47,24 @@ def create_peering(cluster: LocalCluster, namespace: str, name: str = "embedflee
 
 
 class OperatorProcess:
-    def __init__(self, cluster: LocalCluster, namespace: str, log_path: Path, *args: str) -> None:
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        namespace: str,
+        log_path: Path,
+        *args: str,
+        kubeconfig: Path | None = None,
+    ) -> None:
+        """`kubeconfig` defaults to the admin's; pass a ServiceAccount's to run with its RBAC."""
         assert cluster.admin_kubeconfig is not None
+        kubeconfig = kubeconfig or cluster.admin_kubeconfig
         self.log_path = log_path
         with log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "embedfleet_operator.cli", "run",
                  "--namespace", namespace, "--log-format", "plain", *args],
                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                env={**os.environ, "KUBECONFIG": str(cluster.admin_kubeconfig)},
+                env={**os.environ, "KUBECONFIG": str(kubeconfig)},
             )  # fmt: skip
 
     def log(self) -> str:
