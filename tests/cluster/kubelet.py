@@ -101,6 +101,18 @@ class LoopbackKubelet:
         with self._lock:
             return [p for p in self.pods.values() if p.process and p.process.poll() is None]
 
+    def failed_loads(self) -> list[str]:
+        """Log lines of workers that could not load their model (a crash-looping pod)."""
+        with self._lock:
+            logs = [p.log_path for p in self.pods.values()]
+        return [
+            line
+            for path in logs
+            if path.exists()
+            for line in path.read_text(errors="replace").splitlines()
+            if "model load failed" in line
+        ]
+
     def kill(self, pod_name: str) -> None:
         """SIGKILL the pod's process, as an OOM kill would: the kubelet restarts it."""
         with self._lock:
@@ -158,9 +170,11 @@ class LoopbackKubelet:
         env = {}
         for variable in container.env or []:
             value = variable.value or ""
-            for mount_path, host in mounts.items():  # paths inside the container -> volumes
+            # Paths inside the container -> the volumes' folders; the longest mount wins, once.
+            for mount_path in sorted(mounts, key=len, reverse=True):
                 if value == mount_path or value.startswith(mount_path + "/"):
-                    value = host + value[len(mount_path) :]
+                    value = mounts[mount_path] + value[len(mount_path) :]
+                    break
             env[variable.name] = value
         env["EMBEDFLEET_HOST"] = pod.status.pod_ip  # 0.0.0.0 in the pod's own namespace
         command = [*(container.command or []), *(container.args or [])]
@@ -188,6 +202,10 @@ class LoopbackKubelet:
             **self.extra_env,
             **pod.env,
         }
+        # What ran, for a reader of the logs: the command and the container's environment.
+        (pod.log_path.parent / "container.env").write_text(
+            " ".join(pod.command) + "\n" + "".join(f"{k}={v}\n" for k, v in pod.env.items())
+        )
         with pod.log_path.open("ab") as log:
             pod.process = subprocess.Popen(
                 pod.command, stdout=log, stderr=subprocess.STDOUT, env=environment
