@@ -83,13 +83,23 @@ def _model() -> Schema:
 def _engine() -> Schema:
     return _obj(
         {
-            "maxBatchTokens": _int(256, 1 << 20, default=16384),
-            "maxBatchSize": _int(1, 4096, default=256),
-            "maxInputTokens": _int(2, 131072),
-            "maxQueueTokens": _int(1024, default=1 << 20),
+            "maxBatchTokens": _int(
+                256, 1 << 20, default=16384, description="Token budget of one forward batch."
+            ),
+            "maxBatchSize": _int(1, 4096, default=256, description="Inputs per batch at most."),
+            "maxInputTokens": _int(
+                2, 131072, description="Longest input; unset: the model's context length."
+            ),
+            "maxQueueTokens": _int(
+                1024, default=1 << 20, description="Admission queue bound; beyond it: 429."
+            ),
             "maxInputsPerRequest": _int(1, 100000, default=2048),
-            "defaultInstruction": _str(),
-            "drainTimeoutSeconds": _int(1, 3600, default=30),
+            "defaultInstruction": _str(
+                description="Task text for `input_type: query` requests that bring none."
+            ),
+            "drainTimeoutSeconds": _int(
+                1, 3600, default=30, description="On SIGTERM, how long in-flight work may finish."
+            ),
         },
         default={},
     )
@@ -108,18 +118,34 @@ AUTOSCALING_DEFAULTS: Schema = {
 def _autoscaling() -> Schema:
     return _obj(
         {
-            "enabled": {"type": "boolean", "default": True},
+            "enabled": {
+                "type": "boolean",
+                "default": True,
+                "description": "Off: spec.replicas decides.",
+            },
             "minReplicas": _int(0, 1000, default=1),
             "maxReplicas": _int(1, 1000, default=4),
             # No field default: the object's default carries it, so an explicit autoscaling
             # block must name its targets (the CEL rule below).
-            "targetGPUUtilizationPercent": _int(1, 100),
-            "targetTokensPerSecondPerReplica": _int(1),
-            "targetRequestsPerSecondPerReplica": _int(1),
-            "idleTimeoutSeconds": _int(0, 86400, default=120),
-            "scaleDownStabilizationSeconds": _int(0, 86400, default=300),
+            "targetGPUUtilizationPercent": _int(
+                1, 100, description="Per replica: the busier of NVML utilisation and engine busy."
+            ),
+            "targetTokensPerSecondPerReplica": _int(
+                1, description="Embedded tokens/s per replica."
+            ),
+            "targetRequestsPerSecondPerReplica": _int(1, description="Requests/s per replica."),
+            "idleTimeoutSeconds": _int(
+                0, 86400, default=120, description="No traffic this long: go to minReplicas."
+            ),
+            "scaleDownStabilizationSeconds": _int(
+                0,
+                86400,
+                default=300,
+                description="Scale down to the highest recommendation of this window.",
+            ),
         },
         default=AUTOSCALING_DEFAULTS,
+        description="Omitted: 1-4 replicas on 65% GPU utilisation, idle 120 s, window 300 s.",
         rules=[
             {
                 "rule": "self.minReplicas <= self.maxReplicas",
@@ -139,14 +165,16 @@ def spec_schema() -> Schema:
     return _obj(
         {
             "model": _model(),
-            "image": _str(minLength=1, default=DEFAULT_IMAGE),
+            "image": _str(minLength=1, default=DEFAULT_IMAGE, description="The worker image."),
             "imagePullPolicy": _str(
                 enum=["Always", "IfNotPresent", "Never"], default="IfNotPresent"
             ),
             "replicas": _int(0, 1000, description="Replica count when autoscaling is off."),
             "resources": _obj(
                 {
-                    "gpus": _int(0, 16, default=1),
+                    "gpus": _int(
+                        0, 16, default=1, description="nvidia.com/gpu per worker; 0: CPU."
+                    ),
                     "memory": {**_QUANTITY, "default": "32Gi"},
                     "cpu": {**_QUANTITY, "default": "4"},
                 },
@@ -162,7 +190,7 @@ def spec_schema() -> Schema:
             "affinity": _FREEFORM,
             "priorityClassName": _str(),
             "podLabels": _STRING_MAP,
-            "podAnnotations": _STRING_MAP,
+            "podAnnotations": {**_STRING_MAP, "description": "Added to the worker pods."},
             "service": _obj(
                 {
                     "type": _str(
@@ -175,6 +203,7 @@ def spec_schema() -> Schema:
             "apiKeySecretRef": _obj(
                 {"name": _str(minLength=1), "key": _str(minLength=1, default="api-key")},
                 required=["name"],
+                description="Secret holding the bearer key clients must send.",
             ),
         },
         required=["model"],
@@ -301,5 +330,55 @@ def render() -> str:
     return header + yaml.safe_dump(crd_manifest(), sort_keys=False, width=100)
 
 
+def _type_of(schema: Schema) -> str:
+    if schema.get("x-kubernetes-int-or-string"):
+        return "quantity"
+    if "additionalProperties" in schema:
+        return "map[string]string"
+    if schema.get("type") == "array":
+        return "list"
+    return str(schema.get("type", "object"))
+
+
+def _constraints(schema: Schema) -> str:
+    parts = []
+    if "enum" in schema:
+        parts.append(" \\| ".join(f"`{v}`" for v in schema["enum"]))
+    if "minimum" in schema or "maximum" in schema:
+        parts.append(f"{schema.get('minimum', '')}..{schema.get('maximum', '')}")
+    if "minLength" in schema:
+        parts.append("non-empty")
+    for rule in schema.get("x-kubernetes-validations", []):
+        parts.append(rule["message"])
+    return "; ".join(parts)
+
+
+def _yaml(value: Any) -> str:
+    return str(yaml.safe_dump(value, default_flow_style=True)).strip().removesuffix("...").strip()
+
+
+def reference_markdown() -> str:
+    """The spec's fields as a Markdown table, for the README (a test keeps it current)."""
+    rows = ["| field | type | default | allowed | notes |", "|---|---|---|---|---|"]
+
+    def walk(schema: Schema, path: str, required: list[str]) -> None:
+        for name, child in schema.get("properties", {}).items():
+            field = f"{path}.{name}" if path else name
+            default = child.get("default")
+            shown = "" if default is None or isinstance(default, dict) else f"`{_yaml(default)}`"
+            notes = child.get("description", "")
+            if name in required:
+                notes = ("required. " + notes).strip()
+            rows.append(
+                f"| `{field}` | {_type_of(child)} | {shown} | {_constraints(child)} | {notes} |"
+            )
+            if child.get("type") == "object" and "properties" in child:
+                walk(child, field, child.get("required", []))
+
+    spec = spec_schema()
+    walk(spec, "spec", spec.get("required", []))
+    return "\n".join(rows) + "\n"
+
+
 if __name__ == "__main__":
-    sys.stdout.write(render())
+    sys.stdout.write(reference_markdown() if sys.argv[1:] == ["--markdown"] else render())
