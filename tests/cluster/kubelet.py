@@ -170,11 +170,9 @@ class LoopbackKubelet:
         env = {}
         for variable in container.env or []:
             value = variable.value or ""
-            # Paths inside the container -> the volumes' folders; the longest mount wins, once.
-            for mount_path in sorted(mounts, key=len, reverse=True):
-                if value == mount_path or value.startswith(mount_path + "/"):
-                    value = mounts[mount_path] + value[len(mount_path) :]
-                    break
+            # A variable naming a mount point (HF_HOME=/models) gets the volume's folder. Only
+            # exact matches: a host path that merely starts like one (/tmp/...) is left alone.
+            value = mounts.get(value, value)
             env[variable.name] = value
         env["EMBEDFLEET_HOST"] = pod.status.pod_ip  # 0.0.0.0 in the pod's own namespace
         command = [*(container.command or []), *(container.args or [])]

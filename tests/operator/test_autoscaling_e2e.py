@@ -24,7 +24,7 @@ from embedfleet_operator.crd import GROUP, PLURAL, VERSION
 from embedfleet_operator.operator_metrics import SCALE_DECISIONS, SCALE_EVENTS
 from tests.cluster.controlplane import LocalCluster
 from tests.cluster.kubelet import REAL_PROCESS_ANNOTATION, LoopbackKubelet
-from tests.cluster.processes import free_loopback_port, wait_until
+from tests.cluster.processes import ComponentDied, free_loopback_port, wait_until
 from tests.cluster.service_proxy import ServiceProxy
 from tests.modelzoo import minilm_dir
 from tests.operator.operator_process import OperatorProcess, create_peering, install_crds
@@ -145,6 +145,8 @@ def test_scales_up_under_load_and_back_to_min_when_idle(
         return dict(body.get("status") or {})
 
     def ready_workers() -> int:
+        if failed := kubelet.failed_loads():
+            raise ComponentDied(f"a worker could not load its model: {failed[0]}")
         return int(status().get("readyReplicas") or 0)
 
     def replicas() -> int:
