@@ -53,3 +53,9 @@ def test_bad_settings_exit_with_a_message(
         parse_settings(argv, environ)
     assert raised.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_fused_norms_is_opt_in_by_flag_or_environment() -> None:
+    assert parse_settings([], environ={}).fused_norms is False
+    assert parse_settings(["--fused-norms"], environ={}).fused_norms is True
+    assert parse_settings([], environ={"EMBEDFLEET_FUSED_NORMS": "1"}).fused_norms is True

@@ -35,6 +35,7 @@ class ModelSpec:
     default_instruction: str | None = None
     cache_dir: Path | None = None  # hub cache (the model cache volume in a pod)
     offline: bool = False  # only the cache, never the network
+    fused_norms: bool = False  # Qwen3 on CUDA: faster, see runners/qwen3_ops.LayerOps
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,9 @@ def _build_runner(
     if use_qwen3:
         from embedfleet_worker.runners.qwen3 import Qwen3Runner
 
-        return Qwen3Runner.from_pretrained(description.path, device=device, dtype=dtype)
+        return Qwen3Runner.from_pretrained(
+            description.path, device=device, dtype=dtype, fused_norms=spec.fused_norms
+        )
     from embedfleet_worker.runners.transformers_runner import TransformersRunner
 
     pad = getattr(tokenizer, "pad_token_id", None)

@@ -32,6 +32,7 @@ class WorkerSettings:
     api_key_file: Path | None = None
     model_cache_dir: Path | None = None
     offline: bool = False
+    fused_norms: bool = False
     drain_timeout_seconds: float = 30.0
     log_level: str = "info"
 
@@ -69,6 +70,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add("--api-key-file", type=Path, default=None, help="file holding the API key")
     add("--model-cache-dir", type=Path, default=None, help="hub cache (e.g. /models)")
     add("--offline", action="store_true", default=False, help="never contact the hub")
+    add(
+        "--fused-norms", action="store_true", default=False,
+        help="Qwen3 on CUDA: fuse RMSNorm's reduction too (faster; min cosine vs "
+        "transformers bf16 0.99897 instead of 0.99903 on 4B, see BENCHMARKS.md)",
+    )  # fmt: skip
     add("--drain-timeout-seconds", type=float, default=30.0)
     add("--log-level", choices=["debug", "info", "warning", "error"], default="info")
 

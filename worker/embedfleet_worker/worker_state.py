@@ -89,6 +89,7 @@ class WorkerState:
             default_instruction=s.default_instruction,
             cache_dir=s.model_cache_dir,
             offline=s.offline,
+            fused_norms=s.fused_norms,
         )
         started = time.perf_counter()
         try:

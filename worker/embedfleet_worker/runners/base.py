@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -22,3 +22,23 @@ class EmbeddingRunner(Protocol):
     def embed(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
         """[N, hidden_size] float32 pooled vectors, not normalised, in input order."""
         ...
+
+
+class Forward(Protocol):
+    """A batch in flight, advanced one layer at a time."""
+
+    def step(self) -> bool:
+        """Runs the next layer; True once all have run."""
+        ...
+
+    def result(self) -> torch.Tensor:
+        """[N, hidden_size] float32 pooled vectors, running what is left first."""
+        ...
+
+
+@runtime_checkable
+class SteppedRunner(Protocol):
+    """A runner whose batches can pause between layers, so the engine can run a waiting
+    query in between instead of after a whole bulk batch."""
+
+    def start(self, sequences: Sequence[Sequence[int]]) -> Forward: ...
