@@ -172,6 +172,8 @@ def test_single_queries_are_not_starved_by_a_bulk_request(qwen3: LoadedModel) ->
     finally:
         engine.stop()
     assert bulk_was_running, "the bulk request finished too early to test anything"
+    # The queries ran between the layers of bulk batches, not only between batches.
+    assert engine.interleaved_batches > 0
     solo_p99 = float(np.percentile(solo_latencies, 99))
     mixed_p99 = float(np.percentile(mixed_latencies, 99))
     print(

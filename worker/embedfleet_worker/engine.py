@@ -29,7 +29,7 @@ from embedfleet_worker.errors import (
 )
 from embedfleet_worker.options import EmbedOptions
 from embedfleet_worker.pooling import finalize
-from embedfleet_worker.runners.base import EmbeddingRunner
+from embedfleet_worker.runners.base import EmbeddingRunner, SteppedRunner
 from embedfleet_worker.tokenization import Input, InputEncoder
 
 Vectors = npt.NDArray[np.float32]
@@ -127,6 +127,7 @@ class EmbeddingEngine:
             1, thread_name_prefix="embedfleet-tokenize-interactive"
         )
         self.busy_seconds = 0.0
+        self.interleaved_batches = 0  # query batches run between a bulk batch's layers
 
     # ----------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -162,9 +163,9 @@ class EmbeddingEngine:
             raise InvalidInputError("input must not be empty", param="input")
         options.validate(self.runner.hidden_size)
         loop = asyncio.get_running_loop()
-        sequences = await loop.run_in_executor(
-            self._tokenizers, self.encoder.encode, inputs, options
-        )
+        # Small requests (queries) have their own tokenizer lane: never behind bulk texts.
+        lane = self._interactive_tokenizer if _is_small(inputs) else self._tokenizers
+        sequences = await loop.run_in_executor(lane, self.encoder.encode, inputs, options)
         request = _Request(
             request_id=next(self._ids),
             sequences=sequences,
@@ -214,27 +215,51 @@ class EmbeddingEngine:
             self._drop_abandoned()
             if not self._queue:
                 return None if self._stopping else []
-            plan = plan_batch(
-                [QueuedRequest(r.request_id, r.pending_tokens) for r in self._queue],
-                max_batch_tokens=self.config.max_batch_tokens,
-                max_batch_size=self.config.max_batch_size,
-                interactive_tokens=self.config.interactive_tokens,
-                interactive_batch_tokens=self.config.interactive_batch_tokens,
-            )
-            batch: list[tuple[_Request, int]] = []
-            now = time.perf_counter()
-            for request in self._queue:
-                count = plan.take.get(request.request_id, 0)
-                if count and not request.started:
-                    request.started = True
-                    self.observer.on_queue_wait(now - request.enqueued_at)
-                for _ in range(count):
-                    batch.append((request, request.next_index))
-                    request.next_index += 1
-            self._queued_tokens -= plan.num_tokens
-            self._queue = [r for r in self._queue if r.next_index < len(r.sequences)]
-            self.observer.on_queue_depth(self._queued_tokens, len(self._queue))
-            return batch
+            # With a runner that pauses between layers, waiting queries run on their own
+            # (small batches: CUDA graphs on a GPU) and bulk batches stay full size, since a
+            # query arriving later is run between the bulk batch's layers.
+            stepped = isinstance(self.runner, SteppedRunner)
+            if stepped and any(self._is_interactive(r) for r in self._queue):
+                return self._take(interactive_only=True)
+            return self._take(interactive_only=False)
+
+    def _waiting_interactive_batch(self) -> list[tuple[_Request, int]]:
+        """Queries that arrived while a bulk batch runs: taken between its layers."""
+        with self._cond:
+            if not any(self._is_interactive(r) for r in self._queue):
+                return []
+            self._drop_abandoned()
+            return self._take(interactive_only=True)
+
+    def _is_interactive(self, request: _Request) -> bool:
+        return 0 < sum(request.pending_tokens) <= self.config.interactive_tokens
+
+    def _take(self, *, interactive_only: bool) -> list[tuple[_Request, int]]:
+        """Plans the next batch from the queue and takes its inputs (caller holds the lock)."""
+        queue = self._queue
+        if interactive_only:
+            queue = [r for r in queue if self._is_interactive(r)]
+        plan = plan_batch(
+            [QueuedRequest(r.request_id, r.pending_tokens) for r in queue],
+            max_batch_tokens=self.config.max_batch_tokens,
+            max_batch_size=self.config.max_batch_size,
+            interactive_tokens=self.config.interactive_tokens,
+            interactive_batch_tokens=self.config.interactive_batch_tokens,
+        )
+        batch: list[tuple[_Request, int]] = []
+        now = time.perf_counter()
+        for request in self._queue:
+            count = plan.take.get(request.request_id, 0)
+            if count and not request.started:
+                request.started = True
+                self.observer.on_queue_wait(now - request.enqueued_at)
+            for _ in range(count):
+                batch.append((request, request.next_index))
+                request.next_index += 1
+        self._queued_tokens -= plan.num_tokens
+        self._queue = [r for r in self._queue if r.next_index < len(r.sequences)]
+        self.observer.on_queue_depth(self._queued_tokens, len(self._queue))
+        return batch
 
     def _drop_abandoned(self) -> None:
         kept = []
@@ -249,13 +274,29 @@ class EmbeddingEngine:
     def _execute(self, batch: list[tuple[_Request, int]]) -> None:
         sequences = [request.sequences[index] for request, index in batch]
         started = time.perf_counter()
+        nested = 0.0  # time spent on queries run between this batch's layers
         try:
-            pooled = self.runner.embed(sequences).float().cpu()
+            tokens = sum(len(s) for s in sequences)
+            if tokens > self.config.interactive_batch_tokens and isinstance(
+                self.runner, SteppedRunner
+            ):
+                with torch.inference_mode():
+                    forward = self.runner.start(sequences)
+                    while not forward.step():
+                        small = self._waiting_interactive_batch()
+                        if small:
+                            before = time.perf_counter()
+                            self.interleaved_batches += 1
+                            self._execute(small)
+                            nested += time.perf_counter() - before
+                    pooled = forward.result().float().cpu()
+            else:
+                pooled = self.runner.embed(sequences).float().cpu()
         except Exception as error:
             self._fail({request for request, _ in batch}, error)
             return
         finally:
-            busy = time.perf_counter() - started
+            busy = time.perf_counter() - started - nested
             self.busy_seconds += busy
         self.observer.on_batch(len(sequences), sum(len(s) for s in sequences), busy)
         for row, (request, index) in enumerate(batch):
