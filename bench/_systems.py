@@ -122,10 +122,18 @@ def build_model(config: Any, device: torch.device, dtype: torch.dtype, seed: int
     return model.eval()
 
 
-def build_runner(model: Any, config: Any, device: torch.device, dtype: torch.dtype) -> Qwen3Runner:
+def build_runner(
+    model: Any, config: Any, device: torch.device, dtype: torch.dtype, fused_norms: bool = False
+) -> Qwen3Runner:
+    """As the worker's loader builds it: fused-kernel compilation and CUDA-graph capture
+    happen here, before anything is timed."""
     shape = Qwen3Shape.from_config(config.to_dict())
     with torch.inference_mode():
-        return Qwen3Runner(shape, model.state_dict(), device=device, dtype=dtype)
+        runner = Qwen3Runner(
+            shape, model.state_dict(), device=device, dtype=dtype, fused_norms=fused_norms
+        )
+    runner.prepare()
+    return runner
 
 
 def build_engine(runner: Qwen3Runner, tokenizer: Any, max_batch_tokens: int) -> EmbeddingEngine:

@@ -103,6 +103,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     parser.add_argument("--json", type=Path, default=None, help="write all results here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--fused-norms", action="store_true", help="the worker's opt-in --fused-norms mode"
+    )
     args = parser.parse_args(argv)
     if args.device == "cuda" and not cuda:
         parser.error("--device cuda but torch.cuda.is_available() is False")
@@ -147,6 +150,7 @@ def environment(args: argparse.Namespace, device: torch.device) -> dict[str, Any
         "model": args.model,
         "dtype": args.dtype,
         "seed": args.seed,
+        "fused_norms": args.fused_norms,
         "quick": args.quick,
         "max_batch_tokens": args.max_batch_tokens,
         "baseline_batch": args.baseline_batch,
@@ -171,7 +175,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     log(f"building {args.model} ({args.dtype}) on {device}")
     config = make_config(args.model)
     model = build_model(config, device, dtype, args.seed)
-    runner = build_runner(model, config, device, dtype)
+    runner = build_runner(model, config, device, dtype, args.fused_norms)
     engine = build_engine(runner, tokenizer, args.max_batch_tokens)
     log("generating inputs")
     maker = TextMaker(tokenizer)
