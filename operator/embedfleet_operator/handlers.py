@@ -236,7 +236,7 @@ async def _reconcile(service: dict[str, Any]) -> None:
             current = None
         wanted = replicas_to_set(spec, current)
         if wanted is not None:
-            await kube.set_replicas(namespace, name, wanted)
+            await kube.scale(namespace, name, wanted)
             deployment = await kube.read_deployment(namespace, name)
     selector = ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
     pods = await kube.list_pods(namespace, selector)

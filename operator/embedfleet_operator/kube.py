@@ -69,20 +69,6 @@ class Kube:
         pods = await self.core.list_namespaced_pod(namespace, label_selector=selector)
         return [self.api.sanitize_for_serialization(p) for p in pods.items]
 
-    async def set_replicas(self, namespace: str, name: str, replicas: int) -> None:
-        body = {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"replicas": replicas},
-        }
-        options: dict[str, Any] = {
-            "field_manager": REPLICAS_MANAGER,
-            "force": True,
-            "_content_type": _APPLY,
-        }
-        await self.apps.patch_namespaced_deployment(name, namespace, body, **options)
-
     async def read_service(self, namespace: str, name: str) -> Manifest | None:
         try:
             result: Manifest = await self.custom.get_namespaced_custom_object(

@@ -18,13 +18,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import kubernetes
 import yaml
 
@@ -34,6 +32,7 @@ from tests.cluster.controlplane import LocalCluster
 from tests.cluster.kubelet import REAL_PROCESS_ANNOTATION, LoopbackKubelet
 from tests.cluster.processes import ComponentDied, wait_until
 from tests.cluster.service_proxy import ServiceProxy
+from tests.cluster.traffic import Traffic
 from tests.modelzoo import minilm_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,41 +91,6 @@ def operator_process(cluster: LocalCluster, kubeconfig: Path, log: Path) -> Iter
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
-
-
-class Burst:
-    """Requests through the Service from a few threads, a fresh connection each."""
-
-    def __init__(self, url: str, threads: int = 6) -> None:
-        self.url, self.ok, self.failed = url + "/v1/embeddings", 0, 0
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
-
-    def __enter__(self) -> Burst:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-
-    def _run(self, index: int) -> None:
-        limits = httpx.Limits(max_keepalive_connections=0)
-        with httpx.Client(timeout=30, limits=limits) as http:
-            count = 0
-            while not self._stop.is_set():
-                try:
-                    response = http.post(self.url, json={"input": f"burst {index} {count}"})
-                    if response.status_code == 200:
-                        self.ok += 1
-                    else:
-                        self.failed += 1
-                except httpx.HTTPError:
-                    self.failed += 1
-                count += 1
-                self._stop.wait(0.15)
 
 
 class ScaleWatcher:
@@ -226,9 +190,9 @@ def _with_cluster(cluster: LocalCluster, workdir: Path, started: float) -> int:
             watcher = ScaleWatcher(custom, apps, name)
             watcher.poll()
             say("a burst of load: 6 clients for 45 s ...")
-            with Burst(proxy.url) as burst:
+            with Traffic(proxy.url, rate=40) as burst:
                 watcher.watch(45)
-            say(f"burst over: {burst.ok} requests answered, {burst.failed} failed; "
+            say(f"burst over: {burst.ok} requests answered, {len(burst.failed)} failed; "
                 "waiting for the idle timeout ...")  # fmt: skip
             watcher.watch(120, until=lambda: watcher.downs and watcher._replicas == 1)
         say(f"scale-ups: {watcher.ups}, scale-downs: {watcher.downs}")

@@ -26,6 +26,7 @@ from tests.cluster.controlplane import LocalCluster
 from tests.cluster.kubelet import REAL_PROCESS_ANNOTATION, LoopbackKubelet
 from tests.cluster.processes import ComponentDied, free_loopback_port, wait_until
 from tests.cluster.service_proxy import ServiceProxy
+from tests.cluster.traffic import Traffic
 from tests.modelzoo import minilm_dir
 from tests.operator.operator_process import OperatorProcess, create_peering, install_crds
 
@@ -55,44 +56,6 @@ def service_manifest() -> dict[str, Any]:
             },
         },
     }
-
-
-class Load:
-    """Steady request rate through the Service, a new connection per request (so kube-proxy
-    style balancing spreads it), counting what came back."""
-
-    def __init__(self, url: str, rate: float, threads: int = 6) -> None:
-        self.url, self.interval = url + "/v1/embeddings", threads / rate
-        self.ok = 0
-        self.failed: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-
-    def _run(self, index: int) -> None:
-        count = 0
-        with httpx.Client(timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as http:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                try:
-                    response = http.post(self.url, json={"input": f"sentence {index}-{count}"})
-                    if response.status_code == 200:
-                        self.ok += 1
-                    else:
-                        self.failed.append(f"{response.status_code} {response.text[:200]}")
-                except httpx.HTTPError as error:
-                    self.failed.append(f"{type(error).__name__}: {error}")
-                count += 1
-                self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
 
 def requests_served(base_url: str) -> float:
@@ -165,7 +128,7 @@ def test_scales_up_under_load_and_back_to_min_when_idle(
             watching.wait(0.5)
 
     watcher = threading.Thread(target=watch_replicas)
-    with ServiceProxy(api, namespace, NAME) as proxy, Load(proxy.url, rate=12) as load:
+    with ServiceProxy(api, namespace, NAME) as proxy, Traffic(proxy.url, rate=12) as load:
         watcher.start()
         started = time.monotonic()
         try:

@@ -94,9 +94,11 @@ def split_qk_norm_rope(
     num_heads: int,
     num_kv_heads: int,
     eps: float,
+    norm_rope: Callable[..., tuple[torch.Tensor, torch.Tensor]] = qk_norm_rope,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v as [tokens, heads, head_dim], q and k normed and rotated by `norm_rope`."""
     q, k, v = split_qkv(qkv, num_heads, num_kv_heads, q_norm.shape[0])
-    q, k = qk_norm_rope(q, k, mean_square(q), mean_square(k), q_norm, k_norm, cos, sin, eps)
+    q, k = norm_rope(q, k, mean_square(q), mean_square(k), q_norm, k_norm, cos, sin, eps)
     return q, k, v.contiguous()
 
 
@@ -166,13 +168,10 @@ class LayerOps:
         eps: float,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v as [tokens, heads, head_dim], q and k normed and rotated."""
+        args = (qkv, q_norm, k_norm, cos, sin, num_heads, num_kv_heads, eps)
         if self.fused_norms:
-            return self._fused_qk(qkv, q_norm, k_norm, cos, sin, num_heads, num_kv_heads, eps)
-        q, k, v = split_qkv(qkv, num_heads, num_kv_heads, q_norm.shape[0])
-        q, k = self._qk_norm_rope(
-            q, k, mean_square(q), mean_square(k), q_norm, k_norm, cos, sin, eps
-        )
-        return q, k, v.contiguous()
+            return self._fused_qk(*args)
+        return split_qk_norm_rope(*args, norm_rope=self._qk_norm_rope)
 
 
 def compile_available(device: torch.device) -> bool:
