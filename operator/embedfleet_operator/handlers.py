@@ -112,11 +112,11 @@ async def cleanup(**_: Any) -> None:
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 async def reconcile_on_change(body: kopf.Body, **_: Any) -> None:
-    await reconcile(dict(body))
+    await reconcile(body.metadata["namespace"], body.metadata["name"], body.metadata.uid or "")
 
 
 async def resync(body: kopf.Body, **_: Any) -> None:
-    await reconcile(dict(body))
+    await reconcile(body.metadata["namespace"], body.metadata["name"], body.metadata.uid or "")
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)  # optional: adds no finalizer
@@ -183,25 +183,22 @@ async def deployment_changed(body: kopf.Body, type: str | None, **_: Any) -> Non
         ),
         None,
     )
-    if owner is None or type is None or "kube" not in _state:
+    if owner is None or type is None:
         return
-    service = await _kube().read_service(body.metadata["namespace"], owner["name"])
-    if service is not None:
-        await reconcile(service)
+    await reconcile(body.metadata["namespace"], owner["name"], owner["uid"])
 
 
-async def reconcile(service: dict[str, Any]) -> None:
-    if service["metadata"].get("deletionTimestamp"):
-        return  # being deleted: the garbage collector removes what it owned
+async def reconcile(namespace: str, name: str, uid: str) -> None:
+    """One pass on the service as it is now (read under the service's lock: an event's copy
+    may already be stale)."""
     if "kube" not in _state:
         return  # a timer firing while the operator starts or stops: the next pass does it
-    meta = service["metadata"]
-    async with _locks[meta.get("uid") or meta["name"]]:
+    async with _locks[uid or name]:
         try:
-            fresh = await _kube().read_service(meta["namespace"], meta["name"])
-            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-                return
-            await _reconcile(fresh)
+            service = await _kube().read_service(namespace, name)
+            if service is None or service["metadata"].get("deletionTimestamp"):
+                return  # gone or being deleted: the garbage collector removes what it owned
+            await _reconcile(service)
         except ApiException as error:
             if error.status == 404:
                 return  # deleted while we worked: nothing left to reconcile
