@@ -22,6 +22,7 @@ import pytest
 
 from embedfleet_operator.crd import GROUP, PLURAL, VERSION
 from embedfleet_operator.operator_metrics import SCALE_DECISIONS, SCALE_EVENTS
+from embedfleet_operator.scrape import parse_worker_metrics
 from tests.cluster.controlplane import LocalCluster
 from tests.cluster.kubelet import REAL_PROCESS_ANNOTATION, LoopbackKubelet
 from tests.cluster.processes import ComponentDied, free_loopback_port, wait_until
@@ -64,11 +65,7 @@ def requests_served(base_url: str) -> float:
             text = response.read().decode()
     except (urllib.error.URLError, OSError):
         return 0.0
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("embedfleet_requests_total{")
-    )
+    return parse_worker_metrics(text, time=0.0).requests
 
 
 @pytest.fixture

@@ -20,7 +20,14 @@ import yaml
 from embedfleet_operator.crd import GROUP, PLURAL, VERSION
 from tests.cluster.binaries import helm_path
 from tests.cluster.controlplane import LocalCluster
-from tests.cluster.manifests import CHART, NAMESPACE, RELEASE, helm_template, stale
+from tests.cluster.manifests import (
+    CHART,
+    NAMESPACE,
+    RELEASE,
+    helm_template,
+    stale,
+    without_helm_labels,
+)
 from tests.cluster.processes import wait_until
 from tests.operator.operator_process import OperatorProcess
 
@@ -122,14 +129,7 @@ def normalized(body: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
     if annotations:
         meta["annotations"] = annotations
-    template = (
-        body.get("spec", {}).get("template", {}) if isinstance(body.get("spec"), dict) else {}
-    )
-    for labels in (meta.get("labels"), template.get("metadata", {}).get("labels")):
-        if labels:
-            labels.pop("helm.sh/chart", None)
-            labels.pop("app.kubernetes.io/managed-by", None)
-    return body
+    return without_helm_labels(body)
 
 
 def live_objects(cluster: LocalCluster) -> dict[tuple[str, str], dict[str, Any]]:

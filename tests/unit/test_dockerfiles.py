@@ -20,22 +20,12 @@ import pytest
 import yaml
 
 from embedfleet_operator import resources
+from tests.unit.test_resources import BASE  # the builders' own sample EmbeddingService
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_DOCKERFILE = ROOT / "Dockerfile.worker"
 OPERATOR_DOCKERFILE = ROOT / "Dockerfile.operator"
 OPERATOR_DEPLOYMENT = ROOT / "deploy" / "operator" / "deployment.yaml"
-
-SAMPLE: dict[str, Any] = {
-    "apiVersion": "embedfleet.dev/v1alpha1",
-    "kind": "EmbeddingService",
-    "metadata": {"name": "qwen3-4b", "namespace": "ml", "uid": "u-1"},
-    "spec": {
-        "model": {"name": "Qwen/Qwen3-Embedding-4B", "dtype": "bfloat16"},
-        "image": "registry.local/embedfleet-worker:0.1.0",
-        "resources": {"gpus": 1, "memory": "32Gi", "cpu": "4"},
-    },
-}
 
 
 # A small Dockerfile reader: the instructions these tests need, line continuations, comments
@@ -227,7 +217,7 @@ def worker_stage() -> list[Instruction]:
 
 @pytest.fixture(scope="module")
 def worker_container() -> dict[str, Any]:
-    deployment = resources.build_deployment(copy.deepcopy(SAMPLE))
+    deployment = resources.build_deployment(copy.deepcopy(BASE))
     container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
     return container
 
