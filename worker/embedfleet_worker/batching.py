@@ -28,8 +28,9 @@ class BatchPlan:
     num_tokens: int
 
 
-def is_interactive(request: QueuedRequest, interactive_tokens: int) -> bool:
-    return 0 < sum(request.pending_tokens) <= interactive_tokens
+def is_interactive(pending_tokens: Sequence[int], interactive_tokens: int) -> bool:
+    """A request with this little left to embed (e.g. a single query)."""
+    return 0 < sum(pending_tokens) <= interactive_tokens
 
 
 def plan_batch(
@@ -45,9 +46,10 @@ def plan_batch(
     is short even when bulk inputs fill the rest of it."""
     if max_batch_tokens < 1 or max_batch_size < 1:
         raise ValueError("max_batch_tokens and max_batch_size must be positive")
-    interactive = [r for r in queue if is_interactive(r, interactive_tokens)]
+    interactive = [r for r in queue if is_interactive(r.pending_tokens, interactive_tokens)]
     if interactive and interactive_batch_tokens is not None:
-        queue = [*interactive, *(r for r in queue if not is_interactive(r, interactive_tokens))]
+        bulk = [r for r in queue if not is_interactive(r.pending_tokens, interactive_tokens)]
+        queue = [*interactive, *bulk]
         max_batch_tokens = min(max_batch_tokens, interactive_batch_tokens)
     take: dict[int, int] = {}
     tokens = inputs = 0

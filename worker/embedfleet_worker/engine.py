@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from embedfleet_worker.batching import QueuedRequest, plan_batch
+from embedfleet_worker.batching import QueuedRequest, is_interactive, plan_batch
 from embedfleet_worker.errors import (
     BatchFailedError,
     EngineOverloadedError,
@@ -232,7 +232,7 @@ class EmbeddingEngine:
             return self._take(interactive_only=True)
 
     def _is_interactive(self, request: _Request) -> bool:
-        return 0 < sum(request.pending_tokens) <= self.config.interactive_tokens
+        return is_interactive(request.pending_tokens, self.config.interactive_tokens)
 
     def _take(self, *, interactive_only: bool) -> list[tuple[_Request, int]]:
         """Plans the next batch from the queue and takes its inputs (caller holds the lock)."""
@@ -274,9 +274,9 @@ class EmbeddingEngine:
     def _execute(self, batch: list[tuple[_Request, int]]) -> None:
         sequences = [request.sequences[index] for request, index in batch]
         started = time.perf_counter()
+        tokens = sum(len(s) for s in sequences)
         nested = 0.0  # time spent on queries run between this batch's layers
         try:
-            tokens = sum(len(s) for s in sequences)
             if tokens > self.config.interactive_batch_tokens and isinstance(
                 self.runner, SteppedRunner
             ):
@@ -298,7 +298,7 @@ class EmbeddingEngine:
         finally:
             busy = time.perf_counter() - started - nested
             self.busy_seconds += busy
-        self.observer.on_batch(len(sequences), sum(len(s) for s in sequences), busy)
+        self.observer.on_batch(len(sequences), tokens, busy)
         for row, (request, index) in enumerate(batch):
             if request.abandoned:
                 continue
