@@ -164,8 +164,7 @@ class PackedForward:
         steps waits for those, not for every layer the CPU could have queued ahead."""
         if self.done:
             return True
-        self.hidden, self.normed = self.runner._layer_forward(self, self.layer)
-        self.layer += 1
+        self._advance()
         if self.hidden.is_cuda:
             finished = torch.cuda.Event()  # type: ignore[no-untyped-call]
             finished.record()
@@ -178,18 +177,19 @@ class PackedForward:
     def done(self) -> bool:
         return self.layer >= len(self.runner.layers)
 
+    def _advance(self) -> None:
+        self.hidden, self.normed = self.runner._layer_forward(self, self.layer)
+        self.layer += 1
+
     def finish(self) -> None:
         """Runs the remaining layers at full speed (no waiting between them)."""
         while not self.done:
-            self.hidden, self.normed = self.runner._layer_forward(self, self.layer)
-            self.layer += 1
+            self._advance()
 
     def result(self) -> torch.Tensor:
         self.finish()
         last = pool_packed(self.hidden, self.cu_seqlens, PoolingMode.LAST_TOKEN)
-        # The final norm only matters for the pooled rows; done in fp32.
-        runner = self.runner
-        return rms_norm(last, runner.final_norm.float(), runner.shape.rms_norm_eps)
+        return self.runner.final_norm_rows(last)
 
 
 class Qwen3Runner:
@@ -339,6 +339,18 @@ class Qwen3Runner:
         cu_seqlens = torch.tensor(
             [0, *itertools.accumulate(lengths)], dtype=torch.int32, device=self.device
         )
+        return self.begin(ids, positions, cu_seqlens, lengths)
+
+    def begin(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        lengths: list[int],
+        max_len: int | None = None,
+    ) -> PackedForward:
+        """A packed batch from tensors already on the device (the CUDA graphs' static
+        buffers, or `_start`'s), before its first layer."""
         cos, sin = self.rope(positions)
         # The residual stream stays fp32 (matmuls run in the model dtype): 36 layers of bf16
         # residual adds drift measurably from the fp32 reference, fp32 adds cost ~nothing.
@@ -346,7 +358,11 @@ class Qwen3Runner:
         normed = self.ops.rms_norm(
             hidden, self.layers[0].input_norm, self.shape.rms_norm_eps, self.dtype
         )
-        return PackedForward(self, cu_seqlens, lengths, cos, sin, hidden, normed)
+        return PackedForward(self, cu_seqlens, lengths, cos, sin, hidden, normed, max_len)
+
+    def final_norm_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """The final norm, only for the pooled rows (the only ones that matter), in fp32."""
+        return rms_norm(rows, self.final_norm.float(), self.shape.rms_norm_eps)
 
     def _layer_forward(self, f: PackedForward, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         s, layer, ops = self.shape, self.layers[index], self.ops

@@ -14,9 +14,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
-
-from embedfleet_worker.runners.qwen3_ops import rms_norm
 
 if TYPE_CHECKING:
     from embedfleet_worker.runners.qwen3 import Qwen3Runner
@@ -84,16 +81,8 @@ class SmallBatchGraphs:
         self.last.copy_(torch.tensor(last, dtype=torch.long))
 
     def _body(self, tokens: int) -> torch.Tensor:
-        from embedfleet_worker.runners.qwen3 import PackedForward
-
-        runner = self.runner
-        cos, sin = runner.rope(self.positions[:tokens])
-        hidden = F.embedding(self.ids[:tokens], runner.embed_tokens).float()
-        eps = runner.shape.rms_norm_eps
-        normed = runner.ops.rms_norm(hidden, runner.layers[0].input_norm, eps, runner.dtype)
-        forward = PackedForward(
-            runner, self.cu_seqlens, [tokens], cos, sin, hidden, normed, max_len=tokens
+        forward = self.runner.begin(
+            self.ids[:tokens], self.positions[:tokens], self.cu_seqlens, [tokens], max_len=tokens
         )
         forward.finish()
-        rows = forward.hidden.index_select(0, self.last)
-        return rms_norm(rows, runner.final_norm.float(), eps)
+        return self.runner.final_norm_rows(forward.hidden.index_select(0, self.last))
