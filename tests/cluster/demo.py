@@ -107,6 +107,8 @@ class ScaleWatcher:
             GROUP, VERSION, NAMESPACE, PLURAL, self.name
         ).get("status", {})
         replicas = int(self.apps.read_namespaced_deployment(self.name, NAMESPACE).spec.replicas)
+        if status.get("desiredReplicas") != replicas:
+            return  # scaled, but the status with its reason is not written yet: next poll
         key = (replicas, status.get("lastScaleTime"))
         if key == self._last:
             return

@@ -112,6 +112,12 @@ def test_scales_up_under_load_and_back_to_min_when_idle(
     def replicas() -> int:
         return int(apps.read_namespaced_deployment(NAME, namespace).spec.replicas or 0)
 
+    def status_caught_up() -> dict[str, Any]:
+        """Status once it describes the current scale: the autoscaler writes replicas first
+        and status right after, so a read in between sees the previous decision."""
+        wait_until(lambda: status().get("desiredReplicas") == replicas(), 30, "status current")
+        return status()
+
     wait_until(lambda: ready_workers() == 1, 180, "the first real worker ready")
     assert replicas() == 1
 
@@ -136,7 +142,7 @@ def test_scales_up_under_load_and_back_to_min_when_idle(
                 f"{proxy.endpoints} connections={proxy.connections}; status={status()}"
             ) from error
         scale_up_after = time.monotonic() - started
-        first = status()
+        first = status_caught_up()
         assert first["lastScaleReason"] in {
             "RequestsPerSecondAboveTarget", "ScaleUpRateLimited", "QueueGrowing"
         }, first  # fmt: skip
@@ -176,7 +182,7 @@ def test_scales_up_under_load_and_back_to_min_when_idle(
     idle_after = time.monotonic() - idle_started
     watching.set()
     watcher.join(10)
-    final = status()
+    final = status_caught_up()
     assert final["lastScaleReason"] == "Idle", final
     assert idle_after >= IDLE, idle_after
     conditions = {c["type"]: c for c in final["conditions"]}
