@@ -29,6 +29,10 @@ def _int(minimum: int | None = None, maximum: int | None = None, **extra: Any) -
     return schema
 
 
+def _number(minimum: float, maximum: float, **extra: Any) -> Schema:
+    return {"type": "number", "minimum": minimum, "maximum": maximum, **extra}
+
+
 def _str(**extra: Any) -> Schema:
     return {"type": "string", **extra}
 
@@ -99,6 +103,21 @@ def _engine() -> Schema:
             ),
             "drainTimeoutSeconds": _int(
                 1, 3600, default=30, description="On SIGTERM, how long in-flight work may finish."
+            ),
+            "maxConnectionAgeSeconds": _number(
+                0,
+                3600,
+                default=5,
+                description="A worker closes a client connection between requests once it is "
+                "this old, divided by the client connections the worker holds (jittered), so "
+                "keep-alive clients spread over new replicas. 0: no age bound.",
+            ),
+            "maxConnectionRequests": _int(
+                0,
+                1_000_000,
+                default=4,
+                description="...or once it has carried this many requests (jittered). "
+                "0: no request bound.",
             ),
         },
         default={},

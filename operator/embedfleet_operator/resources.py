@@ -73,6 +73,8 @@ def worker_environment(spec: Manifest) -> list[Manifest]:
         "EMBEDFLEET_MAX_INPUTS_PER_REQUEST": engine.get("maxInputsPerRequest"),
         "EMBEDFLEET_DEFAULT_INSTRUCTION": engine.get("defaultInstruction"),
         "EMBEDFLEET_DRAIN_TIMEOUT_SECONDS": engine.get("drainTimeoutSeconds"),
+        "EMBEDFLEET_MAX_CONNECTION_AGE_SECONDS": engine.get("maxConnectionAgeSeconds"),
+        "EMBEDFLEET_MAX_CONNECTION_REQUESTS": engine.get("maxConnectionRequests"),
         "EMBEDFLEET_SERVED_MODEL_NAME": model["name"],
         "EMBEDFLEET_MODEL_CACHE_DIR": MODEL_CACHE_PATH,
         "HF_HOME": MODEL_CACHE_PATH,

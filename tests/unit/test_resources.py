@@ -102,6 +102,9 @@ def test_deployment_shape() -> None:
          == "qwen3-4b" and d["spec"]["template"]["metadata"]["labels"]["team"] == "search"),
         ({"engine": {"defaultInstruction": "Retrieve passages"}},
          lambda d: env(d)["EMBEDFLEET_DEFAULT_INSTRUCTION"] == "Retrieve passages"),
+        ({"engine": {"maxConnectionAgeSeconds": 2.5, "maxConnectionRequests": 0}},
+         lambda d: env(d)["EMBEDFLEET_MAX_CONNECTION_AGE_SECONDS"] == "2.5"
+         and env(d)["EMBEDFLEET_MAX_CONNECTION_REQUESTS"] == "0"),
     ],
 )  # fmt: skip
 def test_deployment_variants(spec: dict[str, Any], check: Any) -> None:
@@ -144,3 +147,20 @@ def test_unset_engine_knobs_are_not_passed() -> None:
     names = {e["name"] for e in worker_environment({"model": {"name": "m"}})}
     assert "EMBEDFLEET_MAX_INPUT_TOKENS" not in names
     assert "EMBEDFLEET_DEFAULT_INSTRUCTION" not in names
+
+
+@pytest.mark.parametrize(
+    ("engine", "age", "requests"),
+    [({}, 5.0, 4), ({"maxConnectionAgeSeconds": 0, "maxConnectionRequests": 0}, 0.0, 0),
+     ({"maxConnectionAgeSeconds": 2.5, "maxConnectionRequests": 100}, 2.5, 100)],
+)  # fmt: skip
+def test_engine_settings_reach_the_worker_through_its_environment(
+    engine: dict[str, Any], age: float, requests: int
+) -> None:
+    """The Deployment's env, read by the worker's own settings parser, as the pod would."""
+    from embedfleet_worker.settings import parse_settings
+
+    settings = parse_settings([], environ=env(build_deployment(service_with(engine=engine))))
+    assert settings.max_connection_age_seconds == age
+    assert settings.max_connection_requests == requests
+    assert settings.max_batch_tokens == engine.get("maxBatchTokens", 16384)

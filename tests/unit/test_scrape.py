@@ -46,6 +46,12 @@ def test_parses_a_real_worker_registry() -> None:
     assert sample.started > 1e9
 
 
+def test_a_worker_that_served_nothing_yet_is_measured_at_zero() -> None:
+    fresh = worker_metrics.WorkerMetrics()
+    sample = parse_worker_metrics(generate_latest(fresh.registry).decode(), time=1.0)
+    assert (sample.requests, sample.tokens, sample.busy_seconds) == (0, 0, 0)
+
+
 @pytest.mark.parametrize(
     "text",
     ["", "garbage { not prometheus", "some_other_exporter_total 3\n"],

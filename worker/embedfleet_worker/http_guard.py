@@ -1,6 +1,8 @@
 """ASGI middleware in front of the API routes: request id and access log, body size limit,
-drain refusal, API key, in-flight accounting and the request counters. Probes (`/health`,
-`/ready`) and `/metrics` pass straight through."""
+drain refusal, API key, in-flight accounting, the request counters, and the connection rule
+(a response carries `Connection: close` when its connection has lived long enough, or the
+worker is draining; see connections.py). Probes (`/health`, `/ready`) and `/metrics` pass
+straight through."""
 
 from __future__ import annotations
 
@@ -40,15 +42,17 @@ class ApiGuard:
         request_id = headers.get("x-request-id") or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         status = {"code": 500}
+        peer = scope.get("client")
 
         async def send_tracked(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [
-                    *message["headers"],
-                    (b"x-request-id", request_id.encode("latin-1")),
-                ]
+                extra = [(b"x-request-id", request_id.encode("latin-1"))]
+                if peer is not None and state.connections.closing(
+                    tuple(peer), time.monotonic(), draining=state.draining
+                ):
+                    extra.append((b"connection", b"close"))
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         try:
@@ -75,6 +79,7 @@ class ApiGuard:
                 "request",
                 extra={
                     "request_id": request_id,
+                    "client": f"{peer[0]}:{peer[1]}" if peer else None,
                     "method": scope["method"],
                     "path": scope["path"],
                     "status": status["code"],

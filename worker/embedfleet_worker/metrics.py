@@ -15,8 +15,10 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from embedfleet_worker.connections import ConnectionTable
 
 REQUESTS_TOTAL = "embedfleet_requests_total"
 INPUTS_TOTAL = "embedfleet_inputs_total"
@@ -31,6 +33,9 @@ ENGINE_BUSY = "embedfleet_engine_busy_seconds_total"
 GPU_UTILIZATION = "embedfleet_gpu_utilization_ratio"
 GPU_MEMORY_USED = "embedfleet_gpu_memory_used_bytes"
 MODEL_INFO = "embedfleet_model_info"
+CONNECTIONS_OPENED = "embedfleet_connections_opened_total"
+CONNECTIONS_RECYCLED = "embedfleet_connections_recycled_total"
+CLIENT_CONNECTIONS = "embedfleet_client_connections"
 
 # `*_created` series double the scrape size and nothing here reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -43,9 +48,13 @@ _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 class WorkerMetrics:
     """Implements the engine's observer hooks and the HTTP layer's counters."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, connections: ConnectionTable | None = None, registry: CollectorRegistry | None = None
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        if connections is not None:
+            r.register(ConnectionCollector(connections))
         # prometheus_client appends `_total` to counters itself.
         self.requests = Counter(
             REQUESTS_TOTAL.removesuffix("_total"),
@@ -53,6 +62,9 @@ class WorkerMetrics:
             ["code"],
             registry=r,
         )
+        # A worker that has served nothing yet must still export the series (at 0): the
+        # autoscaler would otherwise take a fresh replica for a failed scrape.
+        self.requests.labels(code="200")
         self.inputs = Counter(INPUTS_TOTAL.removesuffix("_total"), "Texts embedded.", registry=r)
         self.input_tokens = Counter(
             INPUT_TOKENS_TOTAL.removesuffix("_total"), "Tokens embedded.", registry=r
@@ -102,6 +114,31 @@ class WorkerMetrics:
     def on_queue_depth(self, tokens: int, requests: int) -> None:
         self.queue_tokens.set(tokens)
         self.queue_requests.set(requests)
+
+
+class ConnectionCollector(Collector):
+    """Reads the connection table at scrape time."""
+
+    def __init__(self, table: ConnectionTable) -> None:
+        self._table = table
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        t = self._table
+        yield CounterMetricFamily(
+            CONNECTIONS_OPENED.removesuffix("_total"),
+            "TCP connections accepted (probes and scrapes included).",
+            value=t.opened_total,
+        )
+        yield CounterMetricFamily(
+            CONNECTIONS_RECYCLED.removesuffix("_total"),
+            "Client connections this worker closed between requests (age bound or drain).",
+            value=t.recycled_total,
+        )
+        yield GaugeMetricFamily(
+            CLIENT_CONNECTIONS,
+            "Open connections that carry API requests.",
+            value=t.api_connections,
+        )
 
 
 class GpuCollector(Collector):

@@ -34,6 +34,10 @@ class WorkerSettings:
     offline: bool = False
     fused_norms: bool = False
     drain_timeout_seconds: float = 30.0
+    # Connections: see connections.py (spreading keep-alive clients) and the README.
+    max_connection_age_seconds: float = 5.0
+    max_connection_requests: int = 4
+    keep_alive_timeout_seconds: int = 120
     log_level: str = "info"
 
 
@@ -41,6 +45,20 @@ def _positive(value: str) -> int:
     number = int(value)
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return number
+
+
+def _non_negative(value: str) -> float:
+    number = float(value)
+    if not number >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {value}")
     return number
 
 
@@ -76,6 +94,21 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "transformers bf16 0.99897 instead of 0.99903 on 4B, see BENCHMARKS.md)",
     )  # fmt: skip
     add("--drain-timeout-seconds", type=float, default=30.0)
+    add(
+        "--max-connection-age-seconds", type=_non_negative, default=5.0,
+        help="close a client connection between requests once it is this old, divided by the "
+        "client connections this worker holds (so keep-alive clients spread over new "
+        "replicas); 0: never",
+    )  # fmt: skip
+    add(
+        "--max-connection-requests", type=_non_negative_int, default=4,
+        help="close a client connection after this many requests (jittered); 0: no limit",
+    )  # fmt: skip
+    add(
+        "--keep-alive-timeout-seconds", type=_positive, default=120,
+        help="idle time before the worker closes a connection; above client pool expiry "
+        "(httpx/openai 5 s, aiohttp 15 s, Go 90 s) so the client, not the server, ends it",
+    )  # fmt: skip
     add("--log-level", choices=["debug", "info", "warning", "error"], default="info")
 
 

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from embedfleet_worker.connections import ConnectionLifetime, ConnectionTable
 from embedfleet_worker.engine import EmbeddingEngine, EngineConfig
 from embedfleet_worker.loader import LoadedModel, ModelSpec, load_model
 from embedfleet_worker.metrics import WorkerMetrics
@@ -45,6 +46,7 @@ class WorkerState:
     settings: WorkerSettings
     metrics: WorkerMetrics
     names: tuple[str, ...]
+    connections: ConnectionTable
     api_key: str | None = None
     loaded: LoadedModel | None = None
     engine: EmbeddingEngine | None = None
@@ -61,8 +63,17 @@ class WorkerState:
             key = settings.api_key_file.read_text().strip()
             if not key:
                 raise ValueError(f"{settings.api_key_file} is empty")
+        connections = ConnectionTable(
+            ConnectionLifetime(
+                settings.max_connection_age_seconds, settings.max_connection_requests
+            )
+        )
         return cls(
-            settings=settings, metrics=WorkerMetrics(), names=served_names(settings), api_key=key
+            settings=settings,
+            metrics=WorkerMetrics(connections),
+            names=served_names(settings),
+            connections=connections,
+            api_key=key,
         )
 
     @property
