@@ -32,7 +32,7 @@ from tests.cluster.controlplane import LocalCluster
 from tests.cluster.kubelet import REAL_PROCESS_ANNOTATION, LoopbackKubelet
 from tests.cluster.processes import ComponentDied, wait_until
 from tests.cluster.service_proxy import ServiceProxy
-from tests.cluster.traffic import Traffic
+from tests.cluster.traffic import Traffic, served_by
 from tests.modelzoo import minilm_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -188,21 +188,31 @@ def _with_cluster(cluster: LocalCluster, workdir: Path, started: float) -> int:
         status = custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name)
         say(f"EmbeddingService {name} is Ready; endpoint {status['status']['endpoint']}")
         with ServiceProxy(api, NAMESPACE, name) as proxy:
-            _embed(proxy.url, sample["spec"]["model"]["name"])
+            _embed(proxy.url, model)
             watcher = ScaleWatcher(custom, apps, name)
             watcher.poll()
-            say("a burst of load: 6 clients for 45 s ...")
-            with Traffic(proxy.url, rate=40) as burst:
-                watcher.watch(45)
-            say(f"burst over: {burst.ok} requests answered, {len(burst.failed)} failed; "
-                "waiting for the idle timeout ...")  # fmt: skip
+            say("a burst of load: one openai client (keep-alive pool, no retries), 8 threads, "
+                "40 requests/s for 45 s ...")  # fmt: skip
+            start = served_by({p.name: p.base_url for p in kubelet.running()})
+            with Traffic(proxy.url, rate=40, model=model) as burst:
+                watcher.watch(25)
+                pool = {p.name: p.base_url for p in kubelet.running()}
+                middle = served_by(pool)
+                watcher.watch(20)
+                end = served_by(pool)
+            say(f"burst over: {burst.ok} requests answered, {len(burst.failed)} failed")
+            say("requests each worker served (whole burst / its last 20 s):")
+            for pod in sorted(pool):
+                whole = end[pod] - start.get(pod, 0.0)
+                print(f"    {pod}: {whole:5.0f} / {end[pod] - middle[pod]:4.0f}", flush=True)
+            say("waiting for the idle timeout ...")
             watcher.watch(120, until=lambda: watcher.downs and watcher._replicas == 1)
         say(f"scale-ups: {watcher.ups}, scale-downs: {watcher.downs}")
         custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name)
     leftovers = [p.name for p in kubelet.finished if p.process and p.process.poll() is None]
     say(f"cleaned up in {time.monotonic() - started:.0f}s total"
         + (f"; workers LEFT RUNNING: {leftovers}" if leftovers else ""))  # fmt: skip
-    return 0 if watcher.ups and watcher.downs and not leftovers else 1
+    return 0 if watcher.ups and watcher.downs and not burst.failed and not leftovers else 1
 
 
 def _embed(base_url: str, model: str) -> None:

@@ -1,14 +1,16 @@
 """A userspace stand-in for kube-proxy: listens on a Service's ClusterIP and port (loopback
-addresses here) and forwards each TCP connection to one of the Service's ready pods, in turn.
-The pods are read directly (the Service's selector, Ready=True): the EndpointSlice controller
-refuses loopback addresses, which the local control plane gives its pods. Clients then reach
-the workers at the Service's address as they would in a cluster."""
+addresses here) and forwards each TCP connection to one of the Service's ready pods, chosen at
+random as kube-proxy's default iptables mode does (and, like it, per connection: every request
+on a kept-alive connection goes to the same pod). The pods are read directly (the Service's
+selector, Ready=True): the EndpointSlice controller refuses loopback addresses, which the local
+control plane gives its pods. Clients then reach the workers at the Service's address as they
+would in a cluster."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
+import random
 import threading
 
 import kubernetes
@@ -25,7 +27,7 @@ class ServiceProxy:
         self.selector: dict[str, str] = service.spec.selector
         self.endpoints: list[tuple[str, int]] = []
         self.connections = 0
-        self._turn = itertools.count()
+        self._random = random.Random()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stopped: asyncio.Event | None = None
@@ -73,9 +75,11 @@ class ServiceProxy:
         self._ready.set()
         async with server:
             await self._stopped.wait()
-        refresher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await refresher
+        # Kept-alive connections may still be open: end their relays before the loop closes.
+        others = {refresher, *asyncio.all_tasks()} - {asyncio.current_task()}
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     async def _refresh_forever(self) -> None:
         while True:
@@ -88,7 +92,7 @@ class ServiceProxy:
         if not endpoints:  # like kube-proxy with no endpoints: the connection is refused
             writer.close()
             return
-        host, port = endpoints[next(self._turn) % len(endpoints)]
+        host, port = self._random.choice(endpoints)
         self.connections += 1
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(host, port)

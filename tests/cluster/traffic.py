@@ -1,45 +1,95 @@
-"""Steady embedding traffic through a Service address: a few threads, a new connection per
-request (so the kube-proxy stand-in spreads it over the pods, as kube-proxy would), counting
-what came back. Used by the autoscaling test and `make demo`."""
+"""Steady embedding traffic through a Service address, sent the way users send it: one official
+`openai` client with its default keep-alive connection pool, shared by a few threads, and
+`max_retries=0` so that every failure shows instead of being retried away. Each thread paces
+itself to its share of `rate`. Used by the autoscaling test and `make demo`."""
 
 from __future__ import annotations
 
 import threading
 import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
 
-import httpx
+import openai
 
 
+@dataclass
+class Failure:
+    at: float  # time.monotonic() when the request was sent
+    error: str
+
+
+@dataclass
 class Traffic:
-    def __init__(self, url: str, rate: float, threads: int = 6) -> None:
-        self.url, self.interval = url + "/v1/embeddings", threads / rate
-        self.ok = 0
-        self.failed: list[str] = []
+    url: str  # the Service's base URL, without /v1
+    rate: float  # requests per second, all threads together
+    model: str
+    threads: int = 8
+    ok: int = 0
+    failures: list[Failure] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.client = openai.OpenAI(
+            base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=30
+        )
+        self._interval = self.threads / self.rate
+        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
+        self._workers = [
+            threading.Thread(target=self._run, args=(i,), name=f"traffic-{i}")
+            for i in range(self.threads)
+        ]
+
+    @property
+    def failed(self) -> list[str]:
+        return [f.error for f in self.failures]
+
+    def failures_before(self, moment: float) -> list[Failure]:
+        return [f for f in self.failures if f.at < moment]
 
     def __enter__(self) -> Traffic:
-        for thread in self._threads:
-            thread.start()
+        for worker in self._workers:
+            worker.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
+        for worker in self._workers:
+            worker.join(60)
+        self.client.close()
 
     def _run(self, index: int) -> None:
+        # Threads start spread over one interval, as independent callers would.
+        self._stop.wait(self._interval * index / self.threads)
         count = 0
-        with httpx.Client(timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as http:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                try:
-                    response = http.post(self.url, json={"input": f"sentence {index}-{count}"})
-                    if response.status_code == 200:
-                        self.ok += 1
-                    else:
-                        self.failed.append(f"{response.status_code} {response.text[:200]}")
-                except httpx.HTTPError as error:
-                    self.failed.append(f"{type(error).__name__}: {error}")
-                count += 1
-                self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.client.embeddings.create(model=self.model, input=f"sentence {index}-{count}")
+            except openai.OpenAIError as error:
+                with self._lock:
+                    self.failures.append(Failure(started, f"{type(error).__name__}: {error}"))
+            else:
+                with self._lock:
+                    self.ok += 1
+            count += 1
+            self._stop.wait(max(0.0, self._interval - (time.monotonic() - started)))
+
+
+def requests_served(base_url: str) -> float:
+    """A worker's finished API requests (all status codes), from its own /metrics; 0 when it
+    does not answer."""
+    from embedfleet_operator.scrape import parse_worker_metrics
+
+    try:
+        with urllib.request.urlopen(base_url + "/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except (urllib.error.URLError, OSError):
+        return 0.0
+    return parse_worker_metrics(text, time=0.0).requests
+
+
+def served_by(base_urls: dict[str, str]) -> dict[str, float]:
+    """Requests served so far by each named worker."""
+    return {name: requests_served(url) for name, url in base_urls.items()}

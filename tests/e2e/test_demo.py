@@ -1,5 +1,6 @@
 """`make demo`'s program end to end, as a user runs it: real similarities, at least one
-scale-up and one scale-down with their reasons, exit 0, and no process left behind."""
+scale-up and one scale-down with their reasons, the burst's requests spread over the workers
+with none failed, exit 0, and no process left behind."""
 
 from __future__ import annotations
 
@@ -48,5 +49,10 @@ def test_demo_runs_the_whole_product_and_cleans_up() -> None:
     assert rows[0][1] > 0.5 > rows[0][2]  # cat/kitten alike, cat/markets not
     assert re.search(r"scaled up: 1 -> \d replicas \(\w+: .+\)", output), output
     assert re.search(r"scaled down: \d -> 1 replicas \(\w+: .+\)", output), output
+    # Every worker the burst scaled up to served part of the pooled client's requests.
+    per_worker = re.findall(r"^    (\S+): +(\d+) / +(\d+)$", output, re.MULTILINE)
+    assert len(per_worker) >= 2, output
+    assert all(int(last_20s) > 0 for _, _, last_20s in per_worker), per_worker
+    assert re.search(r"burst over: \d+ requests answered, 0 failed", output), output
     assert "LEFT RUNNING" not in output
     assert session_members(process.pid) == []
