@@ -1,0 +1,56 @@
+"""The real `embedfleet-worker serve` as a subprocess on a free loopback port, for benchmarks
+that measure what a user's client sees over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running_worker(args: Sequence[str], log: Path, ready_timeout: float = 600) -> Iterator[str]:
+    """Yields the worker's base URL once `/ready` answers 200; SIGTERM and wait on exit."""
+    port = free_port()
+    command = [sys.executable, "-m", "embedfleet_worker.cli", "serve", "--host", "127.0.0.1",
+               "--port", str(port), "--log-level", "warning", *args]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with log.open("ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while not _ready(base_url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not get ready; see {log}")
+            time.sleep(0.2)
+        yield base_url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _ready(base_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(base_url + "/ready", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
