@@ -23,14 +23,22 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_worker(args: Sequence[str], log: Path, ready_timeout: float = 600) -> Iterator[str]:
-    """Yields the worker's base URL once `/ready` answers 200; SIGTERM and wait on exit."""
+def running_worker(
+    args: Sequence[str], log: Path, env: dict[str, str] | None = None, ready_timeout: float = 900
+) -> Iterator[str]:
+    """Yields the worker's base URL once `/ready` answers 200; SIGTERM and wait on exit.
+    `env` adds to the environment (PYTHONPATH: serve another checkout's worker)."""
     port = free_port()
     command = [sys.executable, "-m", "embedfleet_worker.cli", "serve", "--host", "127.0.0.1",
                "--port", str(port), "--log-level", "warning", *args]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    environ = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        **(env or {}),
+    }
     with log.open("ab") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environ)
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_timeout

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -29,7 +30,9 @@ from embedfleet_worker.api_models import (
 from embedfleet_worker.engine import EmbeddingEngine, EmbeddingResult
 from embedfleet_worker.errors import EmbeddingError, EngineUnavailableError, InvalidInputError
 from embedfleet_worker.http_errors import (
+    CLIENT_CLOSED_REQUEST,
     ApiError,
+    ClientDisconnected,
     error_response,
     from_api_error,
     from_engine_error,
@@ -37,6 +40,7 @@ from embedfleet_worker.http_errors import (
     validation_message,
 )
 from embedfleet_worker.http_guard import ApiGuard
+from embedfleet_worker.loop_monitor import watch_event_loop
 from embedfleet_worker.options import EmbedOptions
 from embedfleet_worker.tokenization import Input
 from embedfleet_worker.worker_state import WorkerState
@@ -52,7 +56,9 @@ def create_app(state: WorkerState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state.start_loading()
+        lag = asyncio.create_task(watch_event_loop(state.metrics.event_loop_lag.observe))
         yield
+        lag.cancel()
         state.stop()
 
     app = FastAPI(title="embedfleet worker", version=__version__, lifespan=lifespan)
@@ -81,7 +87,7 @@ def create_app(state: WorkerState) -> FastAPI:
         return ModelList(data=[ModelCard(id=name, created=state.created) for name in state.names])
 
     @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=_ERRORS)
-    async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
+    async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
         engine = _engine(state)
         inputs = _as_inputs(body.input)
         _require_unicode(inputs, model=body.model, instruction=body.instruction)
@@ -102,7 +108,9 @@ def create_app(state: WorkerState) -> FastAPI:
         result = await _until_disconnect(request, engine.embed(inputs, options))
         state.metrics.inputs.inc(len(inputs))
         state.metrics.input_tokens.inc(result.total_tokens)
-        return JSONResponse(_embedding_body(result, name, body.encoding_format))
+        return Response(
+            _embedding_body(result, name, body.encoding_format), media_type="application/json"
+        )
 
     @app.post("/tokenize", response_model=TokenizeResponse, responses=_ERRORS)
     async def tokenize(body: TokenizeRequest) -> TokenizeResponse:
@@ -184,8 +192,8 @@ async def _until_disconnect(request: Request, work: Any) -> EmbeddingResult:
     finally:
         watcher.cancel()
     if not task.done():
-        task.cancel()
-        raise asyncio.CancelledError("client disconnected")
+        task.cancel()  # the engine drops this request's remaining inputs
+        raise ClientDisconnected
     result: EmbeddingResult = task.result()
     return result
 
@@ -197,13 +205,15 @@ async def _disconnected(request: Request) -> None:
             return
 
 
-def _embedding_body(result: EmbeddingResult, model: str, encoding: str) -> dict[str, Any]:
+def _embedding_body(result: EmbeddingResult, model: str, encoding: str) -> bytes:
+    """The response, serialised by orjson: float32 rows are written straight from the array
+    (shortest float32 repr), where the standard library would format each float in Python."""
+    vectors = np.ascontiguousarray(result.vectors, dtype="<f4")
     if encoding == "base64":
-        little_endian = result.vectors.astype("<f4", copy=False)
-        embeddings: list[Any] = [base64.b64encode(row.tobytes()).decode() for row in little_endian]
+        embeddings: list[Any] = [base64.b64encode(row.tobytes()).decode() for row in vectors]
     else:
-        embeddings = np.asarray(result.vectors, dtype=np.float32).tolist()
-    return {
+        embeddings = list(vectors)
+    body = {
         "object": "list",
         "data": [
             {"object": "embedding", "index": i, "embedding": vector}
@@ -212,6 +222,7 @@ def _embedding_body(result: EmbeddingResult, model: str, encoding: str) -> dict[
         "model": model,
         "usage": {"prompt_tokens": result.total_tokens, "total_tokens": result.total_tokens},
     }
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -222,6 +233,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, error: ApiError) -> JSONResponse:
         return from_api_error(error)
+
+    @app.exception_handler(ClientDisconnected)
+    async def client_gone(_: Request, __: ClientDisconnected) -> Response:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)  # reaches no one; logged as 499
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(_: Request, error: RequestValidationError) -> JSONResponse:

@@ -17,6 +17,13 @@ from embedfleet_worker.errors import (
     InvalidInputError,
 )
 
+CLIENT_CLOSED_REQUEST = 499  # nginx's code for "the client went away before the answer"
+
+
+class ClientDisconnected(Exception):
+    """The client closed its connection before its answer was ready: its work is dropped and
+    the request is counted and logged as 499; nothing is sent and nothing is an error."""
+
 
 class ApiError(Exception):
     """An HTTP-level refusal that is not the engine's (auth, unknown model, body size...)."""

@@ -16,6 +16,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from embedfleet_worker.http_errors import CLIENT_CLOSED_REQUEST, ClientDisconnected
 from embedfleet_worker.worker_state import WorkerState
 
 log = logging.getLogger("embedfleet.access")
@@ -66,8 +67,10 @@ class ApiGuard:
                 await self.app(scope, _replay(body, receive), send_tracked)
             except BodyTooLarge:
                 await _send_error(send_tracked, *_too_large(state.settings.max_request_bytes))
+            except ClientDisconnected:
+                status["code"] = CLIENT_CLOSED_REQUEST  # gone while sending its body
             except asyncio.CancelledError:
-                status["code"] = 499  # the client went away; its work was dropped
+                status["code"] = CLIENT_CLOSED_REQUEST  # cancelled with the server
                 raise
             finally:
                 state.in_flight -= 1
@@ -128,7 +131,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise asyncio.CancelledError("client disconnected while sending the body")
+            raise ClientDisconnected
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

