@@ -231,6 +231,8 @@ def main() -> int:
     with running_worker([*serve, *args.serve_args.split()], workdir / "worker.log", env) as url:
         load_s = time.perf_counter() - started
         http = asyncio.run(drive(url, model_name, texts, n, set(args.workloads.split(","))))
+    if args.json:  # the HTTP half is kept even if the engine half does not finish
+        args.json.write_text(json.dumps({"command": sys.argv, "http": http}, indent=2))
     engine = {} if args.quick or args.no_engine else engine_figures(args, workdir)
     rows = ratios(http, engine)
     print(f"worker ready after {load_s:.1f}s; log {workdir / 'worker.log'}")
