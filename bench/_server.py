@@ -13,7 +13,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    pid: int
 
 
 def free_port() -> int:
@@ -25,8 +32,8 @@ def free_port() -> int:
 @contextmanager
 def running_worker(
     args: Sequence[str], log: Path, env: dict[str, str] | None = None, ready_timeout: float = 900
-) -> Iterator[str]:
-    """Yields the worker's base URL once `/ready` answers 200; SIGTERM and wait on exit.
+) -> Iterator[Server]:
+    """Yields the worker's base URL and pid once `/ready` answers 200; SIGTERM and wait on exit.
     `env` adds to the environment (PYTHONPATH: serve another checkout's worker)."""
     port = free_port()
     command = [sys.executable, "-m", "embedfleet_worker.cli", "serve", "--host", "127.0.0.1",
@@ -46,7 +53,7 @@ def running_worker(
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"worker did not get ready; see {log}")
             time.sleep(0.2)
-        yield base_url
+        yield Server(base_url, process.pid)
     finally:
         process.send_signal(signal.SIGTERM)
         try:

@@ -30,21 +30,25 @@ diurnal and onoff, has no more SLO-violation minutes than HPA on any trace and f
 and never reverses a scale-down inside a steady segment. Only numpy, the standard library and
 embedfleet_operator.policy are imported."""
 
+# ruff: noqa: E402  (sys.path is set before the imports: see below)
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# bench/ holds http.py: left first on sys.path (as it is for a script), it would shadow the
+# standard library's `http` for every import (torch, openai, aiohttp). The repo root instead.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import json
 import shlex
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-
-# Run as a script, Python puts bench/ itself on sys.path; the `bench._*` modules need the repo root.
-sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from bench._sim_cluster import SimConfig
 from bench._sim_policies import POLICY_NAMES, Autoscaler, Embedfleet, Fixed, Hpa, Knative

@@ -9,21 +9,27 @@ threads, each pacing itself to its share of `--rate`, sends one short sentence p
     .venv/bin/python bench/connection_latency.py            # about 4 minutes on 2 cores
 """
 
+# ruff: noqa: E402  (sys.path is set before the imports: see below)
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# bench/ holds http.py: left first on sys.path (as it is for a script), it would shadow the
+# standard library's `http` for every import (torch, openai, aiohttp). The repo root instead.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import json
-import sys
 import tempfile
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import openai
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._server import running_worker
 
 SETTINGS = {
@@ -96,8 +102,9 @@ def main() -> None:
     log = Path(tempfile.mkdtemp(prefix="embedfleet-bench-")) / "worker.log"
     for _ in range(args.rounds):
         for name, flags in SETTINGS.items():
-            with running_worker([*model_args, *flags], log) as url:
-                results[name].append(drive(url, served, args.rate, args.threads, args.seconds))
+            with running_worker([*model_args, *flags], log) as server:
+                run = drive(server.url, served, args.rate, args.threads, args.seconds)
+                results[name].append(run)
     print(f"openai client, {args.threads} threads, {args.rate:g} requests/s, "
           f"{args.seconds:g} s x {args.rounds} per setting")  # fmt: skip
     print(f"{'connection bound':>16} {'requests':>9} {'errors':>7} {'p50 ms':>7} {'p99 ms':>7} "

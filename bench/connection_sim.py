@@ -13,7 +13,16 @@ test of the autoscaling end-to-end test, so the failure rate is that test's flak
     PYTHONPATH=worker .venv/bin/python bench/connection_sim.py
 """
 
+# ruff: noqa: E402  (sys.path is set before the imports: see below)
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# bench/ holds http.py: left first on sys.path (as it is for a script), it would shadow the
+# standard library's `http` for every import (torch, openai, aiohttp). The repo root instead.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import itertools

@@ -45,7 +45,16 @@ texts), `_workloads.py` (workload sizes and the throughput, latency and mixed ru
 standard library and embedfleet_worker are imported (tests.modelzoo lazily, only to locate the
 default tokenizer)."""
 
+# ruff: noqa: E402  (sys.path is set before the imports: see below)
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# bench/ holds http.py: left first on sys.path (as it is for a script), it would shadow the
+# standard library's `http` for every import (torch, openai, aiohttp). The repo root instead.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import asyncio
@@ -53,18 +62,13 @@ import json
 import os
 import platform
 import shlex
-import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import transformers
-
-# Run as a script, Python puts bench/ itself on sys.path; the `bench._*` modules need the repo root.
-sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from bench._inputs import TextMaker, describe_inputs, make_inputs, make_texts, query_lengths
 from bench._measure import allocated, log, sync

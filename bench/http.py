@@ -42,6 +42,7 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -81,7 +82,7 @@ def make_texts(tokenizer_dir: Path, seed: int, counts: dict[str, int]) -> dict[s
 
 
 async def drive(url: str, model: str, texts: dict[str, Any], n: dict[str, int],
-                workloads: set[str]) -> dict[str, Any]:  # fmt: skip
+                workloads: set[str], profile: Callable[[], None]) -> dict[str, Any]:  # fmt: skip
     out: dict[str, Any] = {}
     out["loop_lag_before"] = await load.loop_lag(url)
     if "first" in workloads:  # before anything else: the worker is fresh
@@ -94,6 +95,7 @@ async def drive(url: str, model: str, texts: dict[str, Any], n: dict[str, int],
     queries = texts["queries"][: n["queries"]]
     singles = [[q] for q in queries]
     if "queries" in workloads:
+        profile()  # samples the server while single-query requests run
         for encoding in ("float", "base64"):
             run = await load.raw_requests(url, singles, n["concurrency"], encoding)
             out[f"queries_{encoding}"] = run.summary()
@@ -206,6 +208,7 @@ def main() -> int:
     parser.add_argument("--server-path", type=Path, default=None, help="a checkout's worker/")
     parser.add_argument("--serve-args", default="", help="extra `serve` flags")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy stacks file")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     from bench._systems import default_tokenizer_dir
@@ -228,9 +231,29 @@ def main() -> int:
         model_name = folder.name
     env = {"PYTHONPATH": str(args.server_path)} if args.server_path else {}
     started = time.perf_counter()
-    with running_worker([*serve, *args.serve_args.split()], workdir / "worker.log", env) as url:
+    with running_worker([*serve, *args.serve_args.split()], workdir / "worker.log", env) as server:
         load_s = time.perf_counter() - started
-        http = asyncio.run(drive(url, model_name, texts, n, set(args.workloads.split(","))))
+
+        def profile() -> None:
+            if args.profile:  # py-spy: the server's Python stacks, all threads, collapsed
+                command = [
+                    "py-spy",
+                    "record",
+                    "--pid",
+                    str(server.pid),
+                    "--duration",
+                    "8",
+                    "--rate",
+                    "200",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(args.profile),
+                ]
+                subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        workloads = set(args.workloads.split(","))
+        http = asyncio.run(drive(server.url, model_name, texts, n, workloads, profile))
     if args.json:  # the HTTP half is kept even if the engine half does not finish
         args.json.write_text(json.dumps({"command": sys.argv, "http": http}, indent=2))
     engine = {} if args.quick or args.no_engine else engine_figures(args, workdir)
