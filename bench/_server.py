@@ -50,8 +50,9 @@ def running_worker(
     try:
         deadline = time.monotonic() + ready_timeout
         while not _ready(base_url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not get ready; see {log}")
+            failed = process.poll() is not None or _load_failed(base_url)
+            if failed or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not get ready; see {log}:\n{_tail(log)}")
             time.sleep(0.2)
         yield Server(base_url, process.pid)
     finally:
@@ -69,3 +70,18 @@ def _ready(base_url: str) -> bool:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
+
+
+def _load_failed(base_url: str) -> bool:
+    """The worker stays up after a failed model load (its /health says so): stop waiting."""
+    try:
+        with urllib.request.urlopen(base_url + "/health", timeout=2):
+            return False
+    except urllib.error.HTTPError as error:
+        return error.code == 503
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-2000:] if log.exists() else ""

@@ -200,7 +200,10 @@ def _ratio(a: float | None, b: float | None) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="4b", help="architecture: tiny, 0.6b, 4b, 8b")
-    parser.add_argument("--model-dir", type=Path, default=None, help="serve this folder instead")
+    parser.add_argument(
+        "--model-dir", type=Path, default=None,
+        help="serve this model folder (written with random weights if it holds none)",
+    )  # fmt: skip
     parser.add_argument("--tokenizer", type=Path, default=None, help="Qwen3 tokenizer folder")
     parser.add_argument("--quick", action="store_true", help="CPU smoke run on MiniLM")
     parser.add_argument("--workloads", default="first,queries,queries32,passages,latency,mixed")
@@ -226,10 +229,15 @@ def main() -> int:
     else:
         from bench._model_folder import write_model_folder
 
-        folder = args.model_dir or write_model_folder(workdir / args.model, args.model, tokenizer)
+        # A folder that holds weights is served as it is; otherwise random weights go there.
+        folder = write_model_folder(args.model_dir or workdir / args.model, args.model, tokenizer)
         serve = ["--model", str(folder), "--dtype", "bfloat16"]
         model_name = folder.name
-    env = {"PYTHONPATH": str(args.server_path)} if args.server_path else {}
+    env = {}
+    if args.server_path:  # first on the path; the rest (carried packages) stays
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(args.server_path), os.environ.get("PYTHONPATH", "")]
+        )
     started = time.perf_counter()
     with running_worker([*serve, *args.serve_args.split()], workdir / "worker.log", env) as server:
         load_s = time.perf_counter() - started
