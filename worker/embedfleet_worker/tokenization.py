@@ -99,6 +99,7 @@ class InputEncoder:
         default_instruction: str | None = None,
     ) -> None:
         self.tokenizer = tokenizer
+        self._rust = _rust_tokenizer(tokenizer)
         self.template = template
         self.max_input_tokens = max_input_tokens
         self.vocab_size = vocab_size
@@ -139,6 +140,8 @@ class InputEncoder:
         return sequences
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        if self._rust is not None:  # the Rust tokenizer itself: no Python per call or token
+            return [e.ids for e in self._rust.encode_batch(texts, add_special_tokens=False)]
         ids: list[list[int]] = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return ids
 
@@ -155,3 +158,16 @@ class InputEncoder:
                     param="input",
                 )
         return list(ids)
+
+
+def _rust_tokenizer(tokenizer: Any) -> Any | None:
+    """The fast tokenizer's Rust `tokenizers.Tokenizer`, set to neither truncate nor pad (a
+    model's tokenizer.json may ask for either; transformers resets that on every call, which
+    costs most of a short query's tokenisation time). None for a slow tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_batch"):
+        return None
+    rust = backend.__class__.from_str(backend.to_str())  # a copy: the tokenizer's own stays
+    rust.no_truncation()
+    rust.no_padding()
+    return rust
