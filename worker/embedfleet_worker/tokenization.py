@@ -167,7 +167,10 @@ def _rust_tokenizer(tokenizer: Any) -> Any | None:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or not hasattr(backend, "encode_batch"):
         return None
-    rust = backend.__class__.from_str(backend.to_str())  # a copy: the tokenizer's own stays
+    try:
+        rust = backend.__class__.from_str(backend.to_str())  # a copy: the tokenizer's stays
+    except Exception:  # a component that does not serialise: transformers' call it is
+        return None
     rust.no_truncation()
     rust.no_padding()
     return rust
