@@ -16,7 +16,8 @@ import openai
 
 @dataclass
 class Failure:
-    at: float  # time.monotonic() when the request was sent
+    sent: float  # time.monotonic() when the request was sent
+    failed: float  # ...and when it failed
     error: str
 
 
@@ -46,7 +47,9 @@ class Traffic:
         return [f.error for f in self.failures]
 
     def failures_before(self, moment: float) -> list[Failure]:
-        return [f for f in self.failures if f.at < moment]
+        """Requests that had failed by `moment` (one in flight then and failing later, say on a
+        worker killed at that moment, is not among them)."""
+        return [f for f in self.failures if f.failed < moment]
 
     def __enter__(self) -> Traffic:
         for worker in self._workers:
@@ -68,8 +71,9 @@ class Traffic:
             try:
                 self.client.embeddings.create(model=self.model, input=f"sentence {index}-{count}")
             except openai.OpenAIError as error:
+                failure = Failure(started, time.monotonic(), f"{type(error).__name__}: {error}")
                 with self._lock:
-                    self.failures.append(Failure(started, f"{type(error).__name__}: {error}"))
+                    self.failures.append(failure)
             else:
                 with self._lock:
                     self.ok += 1
