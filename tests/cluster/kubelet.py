@@ -34,12 +34,14 @@ class RunningPod:
     ip: str
     port: int
     ready_path: str
+    failure_threshold: int  # the readinessProbe's: consecutive failures before NotReady
     command: list[str]
     env: dict[str, str]
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     ready: bool = False
     restarts: int = 0
+    probe_failures: int = 0
     died_at: float | None = None
     history: list[str] = field(default_factory=list)
 
@@ -159,6 +161,7 @@ class LoopbackKubelet:
         port = next(p.container_port for p in container.ports or [] if p.name == "http")
         probe = container.readiness_probe
         ready_path = probe.http_get.path if probe and probe.http_get else "/"
+        failure_threshold = (probe.failure_threshold if probe else None) or 3
         pod_dir = self.workdir / pod.metadata.name
         mounts = {}
         for mount in container.volume_mounts or []:
@@ -185,6 +188,7 @@ class LoopbackKubelet:
             ip=pod.status.pod_ip,
             port=port,
             ready_path=ready_path,
+            failure_threshold=failure_threshold,
             command=command,
             env=env,
             log_path=pod_dir / "container.log",
@@ -224,7 +228,11 @@ class LoopbackKubelet:
                 pod.restarts += 1
                 self._start(pod)
             return
-        ready = _probe(pod.base_url + pod.ready_path)
+        # As a kubelet does: Ready after one success, NotReady only after the probe's
+        # failureThreshold consecutive failures (one slow probe on a busy machine is not one).
+        passed = _probe(pod.base_url + pod.ready_path)
+        pod.probe_failures = 0 if passed else pod.probe_failures + 1
+        ready = passed or (pod.ready and pod.probe_failures < pod.failure_threshold)
         if ready != pod.ready:
             self._set_ready(pod, ready)
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import random
 import threading
+import time
 
 import kubernetes
 
@@ -27,6 +28,7 @@ class ServiceProxy:
         self.selector: dict[str, str] = service.spec.selector
         self.endpoints: list[tuple[str, int]] = []
         self.connections = 0
+        self.refused: list[str] = []  # connections closed at once: no endpoint, or none answered
         self._random = random.Random()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -90,13 +92,15 @@ class ServiceProxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         endpoints = self.endpoints
         if not endpoints:  # like kube-proxy with no endpoints: the connection is refused
+            self.refused.append(f"{time.monotonic():.3f} no ready endpoint")
             writer.close()
             return
         host, port = self._random.choice(endpoints)
         self.connections += 1
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(host, port)
-        except OSError:
+        except OSError as error:
+            self.refused.append(f"{time.monotonic():.3f} {host}:{port} {error}")
             writer.close()
             return
         await asyncio.gather(

@@ -71,7 +71,11 @@ class Traffic:
             try:
                 self.client.embeddings.create(model=self.model, input=f"sentence {index}-{count}")
             except openai.OpenAIError as error:
-                failure = Failure(started, time.monotonic(), f"{type(error).__name__}: {error}")
+                cause = error.__cause__  # the transport's own error under APIConnectionError
+                detail = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+                failure = Failure(
+                    started, time.monotonic(), f"{type(error).__name__}: {error}{detail}"
+                )
                 with self._lock:
                     self.failures.append(failure)
             else:

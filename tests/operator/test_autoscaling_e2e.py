@@ -160,7 +160,11 @@ def test_scales_up_under_load_and_back_to_min_when_idle(
         assert len(proxy.endpoints) == len(pool) == replicas(), (proxy.endpoints, pool)
         even = sum(window.values()) / len(window)
         failed_so_far = load.failures_before(all_ready + BALANCE_WINDOW_S)
-        assert not failed_so_far, [f.error for f in failed_so_far[:5]]
+        assert not failed_so_far, (
+            [(round(f.sent, 3), f.error) for f in failed_so_far[:5]],
+            {"proxy refused": proxy.refused[:5],
+             "readiness": {p.name: p.history[-6:] for p in kubelet.running()}},
+        )  # fmt: skip
         assert all(count >= FAIR_SHARE * even for count in window.values()), (
             f"requests per worker in the {BALANCE_WINDOW_S}s after all were Ready: {window}"
         )
