@@ -35,6 +35,7 @@ class RunningPod:
     port: int
     ready_path: str
     failure_threshold: int  # the readinessProbe's: consecutive failures before NotReady
+    probe_timeout: float  # ...and its timeoutSeconds
     command: list[str]
     env: dict[str, str]
     log_path: Path
@@ -54,9 +55,9 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _probe(url: str) -> bool:
+def _probe(url: str, timeout: float) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -162,6 +163,7 @@ class LoopbackKubelet:
         probe = container.readiness_probe
         ready_path = probe.http_get.path if probe and probe.http_get else "/"
         failure_threshold = (probe.failure_threshold if probe else None) or 3
+        probe_timeout = float((probe.timeout_seconds if probe else None) or 1)
         pod_dir = self.workdir / pod.metadata.name
         mounts = {}
         for mount in container.volume_mounts or []:
@@ -189,6 +191,7 @@ class LoopbackKubelet:
             port=port,
             ready_path=ready_path,
             failure_threshold=failure_threshold,
+            probe_timeout=probe_timeout,
             command=command,
             env=env,
             log_path=pod_dir / "container.log",
@@ -230,7 +233,7 @@ class LoopbackKubelet:
             return
         # As a kubelet does: Ready after one success, NotReady only after the probe's
         # failureThreshold consecutive failures (one slow probe on a busy machine is not one).
-        passed = _probe(pod.base_url + pod.ready_path)
+        passed = _probe(pod.base_url + pod.ready_path, pod.probe_timeout)
         pod.probe_failures = 0 if passed else pod.probe_failures + 1
         ready = passed or (pod.ready and pod.probe_failures < pod.failure_threshold)
         if ready != pod.ready:
