@@ -72,6 +72,9 @@ class ServiceProxy:
 
     async def _main(self) -> None:
         self._stopped = asyncio.Event()
+        # Endpoints first, as kube-proxy has its rules in place before a client connects: a
+        # connection accepted before the first refresh found none and was reset.
+        await asyncio.to_thread(self.refresh)
         server = await asyncio.start_server(self._handle, self.host, self.port)
         refresher = asyncio.create_task(self._refresh_forever())
         self._ready.set()
