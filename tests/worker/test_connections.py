@@ -39,7 +39,7 @@ from tests.worker.server_process import WorkerProcess, start_worker
 pytestmark = pytest.mark.slow
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-AGE_S = 2.0  # divided by the 6 pooled connections: 2,000 requests cross many expiries
+AGE_S = 3.0  # divided by the 6 pooled connections (floor 0.6 s): 2,000 requests cross many
 THREADS = 6
 REQUESTS = 2000
 TOPICS = ("rivers", "mountains", "engines", "clouds", "kernels", "caches", "queues", "nodes")
@@ -49,8 +49,9 @@ TEXTS = [f"connection test sentence number {i} about {topic}" for i, topic in en
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     process = start_worker(
-        tmp_path_factory.mktemp("conn"), "--max-connection-age-seconds", str(AGE_S)
-    )
+        tmp_path_factory.mktemp("conn"), "--max-connection-age-seconds", str(AGE_S),
+        "--max-connection-requests", "0",  # the age rule alone (the request bound: unit tests)
+    )  # fmt: skip
     yield process
     assert process.terminate() == 0
     assert "Traceback" not in process.log(), process.log()[-3000:]
@@ -118,8 +119,8 @@ def test_one_keepalive_client_renews_connections_without_a_single_error(
     assert connections >= min(50, expiries), (connections, elapsed)
     assert recycled >= connections - THREADS, (recycled, connections)
     assert after[CONNECTIONS_OPENED] - before[CONNECTIONS_OPENED] >= connections
-    # ...and still kept alive: many requests per connection, not one each.
-    assert REQUESTS / connections >= 3, (REQUESTS, connections)
+    # ...and still kept alive: several requests per connection, not one each.
+    assert REQUESTS / connections >= 2, (REQUESTS, connections)
     assert 1 <= after[CLIENT_CONNECTIONS] <= THREADS + 1
     print(f"{REQUESTS} requests in {elapsed:.1f}s over {connections} connections "
           f"({recycled:.0f} closed by the worker), 0 errors")  # fmt: skip
