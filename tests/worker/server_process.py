@@ -28,6 +28,12 @@ class WorkerProcess:
     def api_url(self) -> str:
         return self.base_url + "/v1"
 
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port), for tests that speak raw TCP."""
+        host, port = self.base_url.removeprefix("http://").split(":")
+        return host, int(port)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

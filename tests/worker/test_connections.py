@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -46,15 +47,20 @@ TOPICS = ("rivers", "mountains", "engines", "clouds", "kernels", "caches", "queu
 TEXTS = [f"connection test sentence number {i} about {topic}" for i, topic in enumerate(TOPICS)]
 
 
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    process = start_worker(
-        tmp_path_factory.mktemp("conn"), "--max-connection-age-seconds", str(AGE_S),
-        "--max-connection-requests", "0",  # the age rule alone (the request bound: unit tests)
-    )  # fmt: skip
+def serving(folder: Path, *args: str) -> Iterator[WorkerProcess]:
+    """A worker for a module's tests; it must exit cleanly, with no traceback in its log."""
+    process = start_worker(folder, *args)
     yield process
     assert process.terminate() == 0
     assert "Traceback" not in process.log(), process.log()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    yield from serving(
+        tmp_path_factory.mktemp("conn"), "--max-connection-age-seconds", str(AGE_S),
+        "--max-connection-requests", "0",  # the age rule alone (the request bound: unit tests)
+    )  # fmt: skip
 
 
 def metrics(worker: WorkerProcess) -> dict[str, float]:
@@ -148,23 +154,19 @@ def _read_until_closed(sock: socket.socket) -> tuple[bytes, str]:
 @pytest.fixture(scope="module")
 def closing_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     """Every connection expires at its first response."""
-    process = start_worker(
-        tmp_path_factory.mktemp("closing"), "--max-connection-age-seconds", "0.000001"
-    )
-    yield process
-    assert process.terminate() == 0
+    yield from serving(tmp_path_factory.mktemp("closing"), "--max-connection-age-seconds", "1e-6")
 
 
 def test_a_request_sent_on_a_closing_connection_gets_a_clean_end(
     closing_worker: WorkerProcess,
 ) -> None:
-    host, port = closing_worker.base_url.removeprefix("http://").split(":")
+    host, port = closing_worker.address
     first, second = _request({"input": "first"}), _request({"input": "second"})
     outcomes: list[str] = []
     # The second request lands before, during and after the worker writes the first answer
     # and closes: the delays sweep across the first request's whole service time.
     for step in range(60):
-        with socket.create_connection((host, int(port)), timeout=10) as sock:
+        with socket.create_connection((host, port), timeout=10) as sock:
             sock.sendall(first)
             time.sleep(step * 0.001)
             try:
@@ -187,16 +189,14 @@ def test_a_request_sent_on_a_closing_connection_gets_a_clean_end(
 @pytest.fixture(scope="module")
 def default_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     """The settings users get: keep-alive timeout 120 s, connection age 5 s."""
-    process = start_worker(tmp_path_factory.mktemp("default"))
-    yield process
-    assert process.terminate() == 0
+    yield from serving(tmp_path_factory.mktemp("default"))
 
 
 def test_idle_pooled_connections_outlive_the_client_pool_expiry(
     default_worker: WorkerProcess,
 ) -> None:
-    host, port = default_worker.base_url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
+    host, port = default_worker.address
+    with socket.create_connection((host, port), timeout=10) as sock:
         sock.sendall(_request({"input": "before idling"}))
         time.sleep(0.5)
         answer = sock.recv(65536)

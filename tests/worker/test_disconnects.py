@@ -23,11 +23,11 @@ def test_a_client_that_disconnects_is_logged_once_as_499_and_never_as_an_error(
 ) -> None:
     worker = start_worker(tmp_path)
     try:
-        host, port = worker.base_url.removeprefix("http://").split(":")
+        host, port = worker.address
         inputs = [f"passage {i} " + "river mountain engine " * 60 for i in range(300)]
         for _ in range(3):
             payload = json.dumps({"input": inputs}).encode()
-            with socket.create_connection((host, int(port))) as sock:
+            with socket.create_connection((host, port)) as sock:
                 sock.sendall(
                     b"POST /v1/embeddings HTTP/1.1\r\nHost: w\r\nContent-Type: application/json"
                     + f"\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
