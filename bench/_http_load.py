@@ -1,13 +1,20 @@
-"""Load over HTTP, from a process separate from the server, as users send it: raw HTTP through
+"""Load over HTTP, from processes separate from the server, as users send it: raw HTTP through
 aiohttp (one session, its keep-alive pool) with `float` or `base64` bodies, and the official
-`openai.AsyncOpenAI` client. Each run returns throughput and per-request latencies."""
+`openai.AsyncOpenAI` client. Each run returns throughput and per-request latencies.
+
+`spread` splits one load over several client processes (as a fleet of callers would send it),
+so the figures measure the server, not one Python client's CPU; each run reports the busiest
+client process's CPU share (`client_cpu`), which must stay well below 1."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import multiprocessing
+import resource
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +31,8 @@ class Run:
     tokens: int = 0
     errors: list[str] = field(default_factory=list)
     latencies_s: list[float] = field(default_factory=list)
+    client_cpu: float = 0.0  # CPU seconds per wall second of the busiest client process
+    clients: int = 1
 
     def summary(self) -> dict[str, Any]:
         wall = max(self.wall_s, 1e-9)
@@ -34,6 +43,8 @@ class Run:
             "errors": len(self.errors),
             "first_errors": self.errors[:3],
             "wall_s": self.wall_s,
+            "client_processes": self.clients,
+            "client_cpu": round(self.client_cpu, 2),
             **({"latency_ms": percentiles(self.latencies_s)} if self.latencies_s else {}),
         }
 
@@ -117,6 +128,65 @@ async def openai_requests(
     return run
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run_part(kind: str, start_at: float, args: tuple[Any, ...]) -> tuple[Run, float, float]:
+    """One client process's share: waits for the common start, runs, returns (run, start, end)
+    on the wall clock shared by all processes."""
+    if kind == "openai":
+        import openai  # noqa: F401  (imported before the clock starts: not the load's cost)
+    time.sleep(max(0.0, start_at - time.time()))
+    cpu = _cpu_seconds()
+    started = time.time()
+    load = raw_requests if kind == "raw" else openai_requests
+    run = asyncio.run(load(*args))  # type: ignore[operator]
+    run.client_cpu = (_cpu_seconds() - cpu) / max(run.wall_s, 1e-9)
+    return run, started, time.time()
+
+
+def spread(
+    kind: str, base_url: str, requests: Sequence[Sequence[str]], concurrency: int,
+    processes: int, extra: tuple[Any, ...],
+) -> Run:  # fmt: skip
+    """`raw_requests` ("raw", extra=(encoding,)) or `openai_requests` ("openai", extra=(model,))
+    with the requests and the concurrency split over `processes` client processes."""
+    if processes <= 1:
+        parts = [(kind, 0.0, _part_args(kind, base_url, requests, concurrency, extra))]
+    else:
+        parts = [
+            (kind, 0.0, _part_args(kind, base_url, requests[i::processes],
+                                   max(1, concurrency // processes), extra))
+            for i in range(processes)
+        ]  # fmt: skip
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(len(parts), mp_context=context) as pool:
+        list(pool.map(time.sleep, [0.0] * len(parts)))  # every process up and imported
+        start_at = time.time() + 0.5
+        futures = [pool.submit(_run_part, k, start_at, a) for k, _, a in parts]
+        results = [future.result() for future in futures]
+    merged = Run(clients=len(parts))
+    for run, _, _ in results:
+        merged.texts += run.texts
+        merged.tokens += run.tokens
+        merged.errors += run.errors
+        merged.latencies_s += run.latencies_s
+        merged.client_cpu = max(merged.client_cpu, run.client_cpu)
+    merged.wall_s = max(end for _, _, end in results) - min(start for _, start, _ in results)
+    return merged
+
+
+def _part_args(
+    kind: str, base_url: str, requests: Sequence[Sequence[str]], concurrency: int,
+    extra: tuple[Any, ...],
+) -> tuple[Any, ...]:  # fmt: skip
+    if kind == "raw":
+        return (base_url, list(requests), concurrency, *extra)
+    return (base_url, *extra, list(requests), concurrency)
+
+
 async def sequential(base_url: str, texts: Sequence[str], interval_s: float = 0.0) -> Run:
     """One request at a time (or one every `interval_s`), one text each."""
     run = Run()
@@ -166,3 +236,44 @@ async def loop_lag(base_url: str, threshold_s: float = 0.01) -> tuple[float, flo
     if total is None or over_le is None:
         return None
     return total, total - over_le
+
+
+_ENGINE_SERIES = (
+    "embedfleet_engine_busy_seconds_total",
+    "embedfleet_batch_size_sum",
+    "embedfleet_batch_size_count",
+    "embedfleet_queue_wait_seconds_sum",
+    "embedfleet_queue_wait_seconds_count",
+)
+
+
+def engine_counters(base_url: str) -> dict[str, float]:
+    """The worker's engine counters now (busy seconds, batches, queue waits)."""
+    import urllib.request
+
+    with urllib.request.urlopen(base_url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in _ENGINE_SERIES:
+            values[name] = float(value)
+    return values
+
+
+def engine_activity(
+    before: dict[str, float], after: dict[str, float], wall_s: float
+) -> dict[str, float]:
+    """What the engine did between two `engine_counters` reads: busy share, batches, mean batch
+    size and mean queue wait. It tells a starved engine from a saturated one."""
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in _ENGINE_SERIES}
+    batches = d["embedfleet_batch_size_count"]
+    waits = d["embedfleet_queue_wait_seconds_count"]
+    return {
+        "busy_share": round(d["embedfleet_engine_busy_seconds_total"] / max(wall_s, 1e-9), 3),
+        "batches": batches,
+        "mean_batch_inputs": round(d["embedfleet_batch_size_sum"] / batches, 1) if batches else 0,
+        "mean_queue_wait_ms": round(1000 * d["embedfleet_queue_wait_seconds_sum"] / waits, 2)
+        if waits
+        else 0,
+    }

@@ -7,7 +7,7 @@ given with --model-dir, and drives it over loopback from this separate process:
 
   first      a fresh worker's first request of each size against the same request later
   queries    single-query requests, 128 concurrent: raw HTTP `float`, raw HTTP `base64`, and
-             the openai client (base64 by default, 64 concurrent)
+             the openai client (base64 by default)
   queries32  32 queries per request, 16 concurrent, `float`
   passages   32 passages per request, 8 concurrent, `float` and `base64`
   latency    one 16-token query at a time
@@ -15,7 +15,9 @@ given with --model-dir, and drives it over loopback from this separate process:
 
 Queries are 8-48 tokens and passages log-normal around 180 tokens (16-1024), made as in
 bench/engine.py. Then, with the server stopped, it runs bench/engine.py's matching workloads on
-the same architecture in the same run and prints the HTTP/engine ratios.
+the same architecture in the same run and prints the HTTP/engine ratios. The concurrent loads
+come from --client-processes processes (default 4), so one Python client's CPU is not what is
+measured; each run reports its busiest client process's CPU share.
 
     PYTHONPATH=worker:. python3 bench/http.py --model 4b --tokenizer <qwen3-dir> --json out.json
     PYTHONPATH=worker:. .venv/bin/python bench/http.py --quick     # CPU smoke, MiniLM, ~1 min
@@ -82,8 +84,18 @@ def make_texts(tokenizer_dir: Path, seed: int, counts: dict[str, int]) -> dict[s
 
 
 async def drive(url: str, model: str, texts: dict[str, Any], n: dict[str, int],
-                workloads: set[str], profile: Callable[[], None]) -> dict[str, Any]:  # fmt: skip
+                workloads: set[str], profile: Callable[[], None],
+                clients: int) -> dict[str, Any]:  # fmt: skip
     out: dict[str, Any] = {}
+
+    def spread(kind: str, requests: list[list[str]], concurrency: int, extra: str) -> Any:
+        """A load from `clients` processes, with what the engine did meanwhile."""
+        before = load.engine_counters(url)
+        run = load.spread(kind, url, requests, concurrency, min(clients, concurrency), (extra,))
+        summary = run.summary()
+        summary["engine"] = load.engine_activity(before, load.engine_counters(url), run.wall_s)
+        return summary
+
     out["loop_lag_before"] = await load.loop_lag(url)
     if "first" in workloads:  # before anything else: the worker is fresh
         first: dict[str, Any] = {}
@@ -97,19 +109,16 @@ async def drive(url: str, model: str, texts: dict[str, Any], n: dict[str, int],
     if "queries" in workloads:
         profile()  # samples the server while single-query requests run
         for encoding in ("float", "base64"):
-            run = await load.raw_requests(url, singles, n["concurrency"], encoding)
-            out[f"queries_{encoding}"] = run.summary()
-        openai_run = await load.openai_requests(url, model, singles[: n["openai"]], 64)
-        out["queries_openai"] = openai_run.summary()
+            out[f"queries_{encoding}"] = spread("raw", singles, n["concurrency"], encoding)
+        out["queries_openai"] = spread("openai", singles[: n["openai"]], n["concurrency"], model)
     if "queries32" in workloads:
         groups = [queries[i : i + 32] for i in range(0, 32 * n["queries32"], 32)]
-        out["queries32_float"] = (await load.raw_requests(url, groups, 16, "float")).summary()
+        out["queries32_float"] = spread("raw", groups, 16, "float")
     passages = texts["passages"]
     if "passages" in workloads:
         groups = [passages[i : i + 32] for i in range(0, 32 * n["passages"], 32)]
         for encoding in ("float", "base64"):
-            run = await load.raw_requests(url, groups, 8, encoding)
-            out[f"passages_{encoding}"] = run.summary()
+            out[f"passages_{encoding}"] = spread("raw", groups, 8, encoding)
     if "latency" in workloads:
         run = await load.sequential(url, [texts["latency"]] * n["latency"])
         out["latency"] = run.summary()
@@ -157,7 +166,7 @@ def ratios(http: dict[str, Any], engine: dict[str, Any]) -> list[tuple[str, str,
         rows.append((f"{name} texts/s", _f(ours), _f(query_engine), _ratio(ours, query_engine)))
         p99 = get(http, name, "latency_ms", "p99_ms")
         rows.append((f"{name} p50/p99 ms", f"{_f(get(http, name, 'latency_ms', 'p50_ms'))}/"
-                     f"{_f(p99)}", "", ""))  # fmt: skip
+                     f"{_f(p99)}", "", _load_note(http.get(name))))  # fmt: skip
     for name in ("passages_float", "passages_base64"):
         ours = get(http, name, "tokens_per_s")
         rows.append(
@@ -189,6 +198,15 @@ def ratios(http: dict[str, Any], engine: dict[str, Any]) -> list[tuple[str, str,
     return rows
 
 
+def _load_note(run: dict[str, Any] | None) -> str:
+    """Who was busy: the client processes, the engine (busy share, mean batch inputs)."""
+    if not run:
+        return ""
+    engine = run.get("engine", {})
+    return (f"client cpu {run.get('client_cpu')}, engine busy {engine.get('busy_share')}"
+            f" batch {engine.get('mean_batch_inputs')}")  # fmt: skip
+
+
 def _f(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}"
 
@@ -213,7 +231,10 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--profile", type=Path, default=None, help="py-spy stacks file")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--client-processes", type=int, default=None,
+                        help="client processes for the loads (default 4; --quick 2)")  # fmt: skip
     args = parser.parse_args()
+    clients = args.client_processes or (2 if args.quick else 4)
     from bench._systems import default_tokenizer_dir
 
     tokenizer = args.tokenizer or default_tokenizer_dir()
@@ -253,6 +274,8 @@ def main() -> int:
                     "8",
                     "--rate",
                     "200",
+                    "--subprocesses",  # the engine process too
+                    "--threads",
                     "--format",
                     "raw",
                     "--output",
@@ -261,7 +284,7 @@ def main() -> int:
                 subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         workloads = set(args.workloads.split(","))
-        http = asyncio.run(drive(server.url, model_name, texts, n, workloads, profile))
+        http = asyncio.run(drive(server.url, model_name, texts, n, workloads, profile, clients))
     if args.json:  # the HTTP half is kept even if the engine half does not finish
         args.json.write_text(json.dumps({"command": sys.argv, "http": http}, indent=2))
     engine = {} if args.quick or args.no_engine else engine_figures(args, workdir)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from embedfleet_worker.pooling import PoolingMode, finalize, pool_packed, pool_padded
+from embedfleet_worker.pooling import (
+    PoolingMode,
+    finalize,
+    finalize_rows,
+    pool_packed,
+    pool_padded,
+)
 
 # Two packed sequences: lengths 2 and 3, hidden size 2.
 PACKED = torch.tensor([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0], [20.0, 0.0], [30.0, 6.0]])
@@ -52,3 +58,23 @@ def test_finalize_truncates_then_renormalises() -> None:
     assert torch.allclose(prefix, torch.tensor([[0.6, 0.8]]))
     raw = finalize(vector, normalize=False, dimensions=2)
     assert torch.equal(raw, torch.tensor([[3.0, 4.0]]))
+
+
+ROWS = torch.tensor([[3.0, 4.0, 12.0], [0.0, 5.0, 0.0], [6.0, 8.0, 1.0]])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        [(True, None)] * 3,
+        [(False, 2)] * 3,
+        [(True, None), (False, None), (True, 2)],
+        [(True, 2), (True, None), (True, 2)],
+        [(False, 2), (True, 2), (False, None)],
+    ],
+)
+def test_finalize_rows_matches_finalize_of_each_row(options: list[tuple[bool, int | None]]) -> None:
+    out = finalize_rows(ROWS, options)
+    for row, (normalize, dimensions) in enumerate(options):
+        alone = finalize(ROWS[row : row + 1], normalize=normalize, dimensions=dimensions)[0]
+        assert torch.allclose(out[row, : alone.shape[0]], alone)

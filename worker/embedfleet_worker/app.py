@@ -27,7 +27,8 @@ from embedfleet_worker.api_models import (
     TokenizeRequest,
     TokenizeResponse,
 )
-from embedfleet_worker.engine import EmbeddingEngine, EmbeddingResult
+from embedfleet_worker.engine import EmbeddingResult
+from embedfleet_worker.engine_client import EngineClient
 from embedfleet_worker.errors import EmbeddingError, EngineUnavailableError, InvalidInputError
 from embedfleet_worker.http_errors import (
     CLIENT_CLOSED_REQUEST,
@@ -59,7 +60,7 @@ def create_app(state: WorkerState) -> FastAPI:
         lag = asyncio.create_task(watch_event_loop(state.metrics.event_loop_lag.observe))
         yield
         lag.cancel()
-        state.stop()
+        await state.stop()
 
     app = FastAPI(title="embedfleet worker", version=__version__, lifespan=lifespan)
     app.state.worker = state
@@ -129,7 +130,7 @@ def create_app(state: WorkerState) -> FastAPI:
     return ApiGuard(app, state)  # type: ignore[return-value]  # ASGI wrapper, same interface
 
 
-def _engine(state: WorkerState) -> EmbeddingEngine:
+def _engine(state: WorkerState) -> EngineClient:
     if state.engine is None or not state.ready:
         raise EngineUnavailableError(
             "the model is still loading" if state.load_error is None else "the model failed to load"

@@ -68,15 +68,24 @@ def resolve_dtype(name: DTypeName, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def load_model(spec: ModelSpec) -> LoadedModel:
+@dataclass(frozen=True)
+class LoadedEncoder:
+    """The model folder's description and input encoder: all the HTTP process needs."""
+
+    path: Path
+    description: ModelDescription
+    tokenizer: object
+    encoder: InputEncoder
+
+
+def load_encoder(spec: ModelSpec) -> LoadedEncoder:
+    """Resolves the model (downloading a hub id unless offline) and builds its input encoder."""
     from transformers import AutoTokenizer
 
     path = resolve_model_dir(
         spec.model, spec.revision, cache_dir=spec.cache_dir, offline=spec.offline
     )
     description = describe_model(path)
-    device = resolve_device(spec.device)
-    dtype = resolve_dtype(spec.dtype, device)
     tokenizer = AutoTokenizer.from_pretrained(
         str(path), trust_remote_code=False, local_files_only=True
     )
@@ -92,8 +101,15 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         vocab_size=description.vocab_size,
         default_instruction=spec.default_instruction,
     )
-    runner = _build_runner(spec, description, tokenizer, device, dtype)
-    return LoadedModel(spec, description, runner, encoder, fingerprint(path))
+    return LoadedEncoder(path, description, tokenizer, encoder)
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    front = load_encoder(spec)
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    runner = _build_runner(spec, front.description, front.tokenizer, device, dtype)
+    return LoadedModel(spec, front.description, runner, front.encoder, fingerprint(front.path))
 
 
 def _build_runner(

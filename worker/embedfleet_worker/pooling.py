@@ -54,3 +54,22 @@ def finalize(vectors: torch.Tensor, *, normalize: bool, dimensions: int | None) 
     if normalize:
         vectors = torch.nn.functional.normalize(vectors, p=2.0, dim=-1)
     return vectors
+
+
+def finalize_rows(vectors: torch.Tensor, options: list[tuple[bool, int | None]]) -> torch.Tensor:
+    """`finalize` per row, with each row's (normalize, dimensions): one kernel for the usual
+    batch whose rows share their options. Rows of a mixed batch are zero-padded to the widest
+    width; row i's vector is its first `dimensions` (or all) values."""
+    kinds = set(options)
+    if len(kinds) == 1:
+        normalize, dimensions = options[0]
+        return finalize(vectors, normalize=normalize, dimensions=dimensions)
+    out = torch.zeros(vectors.shape, dtype=torch.float32, device=vectors.device)
+    for normalize, dimensions in kinds:
+        rows = torch.tensor(
+            [i for i, kind in enumerate(options) if kind == (normalize, dimensions)],
+            device=vectors.device,
+        )
+        done = finalize(vectors[rows], normalize=normalize, dimensions=dimensions)
+        out[rows, : done.shape[1]] = done
+    return out

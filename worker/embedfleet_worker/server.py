@@ -1,7 +1,8 @@
 """Runs the app under uvicorn with a graceful drain: on SIGTERM (or SIGINT) `/ready` turns 503
 at once and new API requests get 503 while the socket stays open (endpoints take a moment to
 drop the pod); in-flight requests finish, bounded by the drain timeout; then the process
-exits 0. A second signal exits at once."""
+exits 0. A second signal exits at once. If the engine process dies, its requests get 503 and
+the server exits 1."""
 
 from __future__ import annotations
 
@@ -33,6 +34,14 @@ class DrainingServer(uvicorn.Server):
         self.state.draining = True
         log.info("draining", extra={"signal": sig, "in_flight": self.state.in_flight})
         threading.Thread(target=self._finish_drain, name="embedfleet-drain", daemon=True).start()
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.state.engine_lost and not self.should_exit:
+            log.error(
+                "stopping: the engine process is gone", extra={"error": self.state.load_error}
+            )
+            self.should_exit = True
+        return await super().on_tick(counter)
 
     def _finish_drain(self) -> None:
         deadline = time.monotonic() + self.state.settings.drain_timeout_seconds

@@ -4,7 +4,9 @@ the closing token, and for last-token pooling a terminator guaranteed exactly on
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,6 +160,32 @@ class InputEncoder:
                     param="input",
                 )
         return list(ids)
+
+
+class RequestEncoder:
+    """Tokenises a request for an async caller: bulk requests on a thread pool (off the event
+    loop, overlapping the model), small ones (queries) at once on the caller's thread, where a
+    query takes tens of microseconds and a thread hand-off would cost more than that."""
+
+    def __init__(self, encoder: InputEncoder, threads: int) -> None:
+        self.encoder = encoder
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="embedfleet-tokenize")
+
+    async def encode(self, inputs: Sequence[Input], options: EmbedOptions) -> list[list[int]]:
+        if _is_small(inputs):
+            return self.encoder.encode(inputs, options)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.encoder.encode, inputs, options)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _is_small(inputs: Sequence[Input]) -> bool:
+    """A request cheap to tokenise: a few short inputs (roughly 4 characters per token)."""
+    if len(inputs) > 8:
+        return False
+    return sum(len(i) if isinstance(i, str) else len(i) * 4 for i in inputs) <= 8192
 
 
 def _rust_tokenizer(tokenizer: Any) -> Any | None:

@@ -1,9 +1,10 @@
-"""What the HTTP layer knows about the running worker: the loaded model and engine, the served
-names, the API key, and the drain state. Loading runs on a background thread so `/health`
+"""What the HTTP layer knows about the running worker: the engine (in its own process), the
+served names, the API key, and the drain state. Loading runs in the background so `/health`
 answers while a large model loads."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -11,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from embedfleet_worker.connections import ConnectionLifetime, ConnectionTable
-from embedfleet_worker.engine import EmbeddingEngine, EngineConfig
-from embedfleet_worker.loader import LoadedModel, ModelSpec, load_model
+from embedfleet_worker.engine import EngineConfig
+from embedfleet_worker.engine_client import EngineClient
+from embedfleet_worker.loader import ModelSpec
 from embedfleet_worker.metrics import WorkerMetrics
-from embedfleet_worker.options import EmbedOptions
 from embedfleet_worker.settings import WorkerSettings
 
 log = logging.getLogger("embedfleet.worker")
@@ -48,13 +49,14 @@ class WorkerState:
     names: tuple[str, ...]
     connections: ConnectionTable
     api_key: str | None = None
-    loaded: LoadedModel | None = None
-    engine: EmbeddingEngine | None = None
-    load_error: str | None = None
+    engine: EngineClient | None = None
+    load_error: str | None = None  # why the worker cannot serve: load failed or engine gone
+    engine_lost: bool = False  # the engine process died after loading: the server exits
     draining: bool = False
     in_flight: int = 0
     created: int = field(default_factory=lambda: int(time.time()))
     _ready: threading.Event = field(default_factory=threading.Event)
+    _loading: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> WorkerState:
@@ -80,15 +82,13 @@ class WorkerState:
     def ready(self) -> bool:
         return self._ready.is_set() and not self.draining
 
-    def wait_ready(self, timeout: float) -> bool:
-        return self._ready.wait(timeout)
+    def start_loading(self) -> asyncio.Task[None]:
+        """Starts loading on the running event loop; `ready` turns true when it is done."""
+        task = asyncio.get_running_loop().create_task(self._load())
+        self._loading = task  # a task nobody holds may be garbage-collected mid-way
+        return task
 
-    def start_loading(self) -> threading.Thread:
-        thread = threading.Thread(target=self._load, name="embedfleet-load", daemon=True)
-        thread.start()
-        return thread
-
-    def _load(self) -> None:
+    async def _load(self) -> None:
         s = self.settings
         spec = ModelSpec(
             model=s.model or str(default_model_dir()),
@@ -102,46 +102,53 @@ class WorkerState:
             offline=s.offline,
             fused_norms=s.fused_norms,
         )
-        started = time.perf_counter()
+        config = EngineConfig(
+            max_batch_tokens=s.max_batch_tokens,
+            max_batch_size=s.max_batch_size,
+            max_queue_tokens=s.max_queue_tokens,
+        )
         try:
-            loaded = load_model(spec)
-            # Warm-up: the first forward pass allocates and autotunes; do it before Ready.
-            loaded.runner.embed([loaded.encoder.encode(["warm up"], EmbedOptions())[0]])
+            engine = await EngineClient.start(
+                spec,
+                config,
+                self.metrics,
+                log_level=s.log_level,
+                stop_timeout=s.drain_timeout_seconds,
+                on_exit=self._engine_gone,
+            )
         except Exception as error:  # any failure is reported through /health and the log
             self.load_error = f"{type(error).__name__}: {error}"
             log.error("model load failed", extra={"error": self.load_error})
             return
-        engine = EmbeddingEngine(
-            loaded.runner,
-            loaded.encoder,
-            EngineConfig(
-                max_batch_tokens=s.max_batch_tokens,
-                max_batch_size=s.max_batch_size,
-                max_queue_tokens=s.max_queue_tokens,
-            ),
-            normalize_by_default=loaded.description.normalize_by_default,
-            observer=self.metrics,
-        )
-        engine.start()
-        self.loaded, self.engine = loaded, engine
+        self.engine = engine
+        info = engine.info
         self.metrics.model_info.labels(
             model=self.names[0],
             revision=s.revision or "",
-            dtype=loaded.dtype_name,
-            fingerprint=loaded.fingerprint,
+            dtype=info.dtype_name,
+            fingerprint=info.fingerprint,
         ).set(1)
         self._ready.set()
         log.info(
             "model ready",
             extra={
                 "model": spec.model,
-                "fingerprint": loaded.fingerprint,
-                "dtype": loaded.dtype_name,
-                "device": str(loaded.runner.device),
-                "load_seconds": round(time.perf_counter() - started, 2),
+                "fingerprint": info.fingerprint,
+                "dtype": info.dtype_name,
+                "device": info.device,
+                "load_seconds": info.load_seconds,
             },
         )
 
-    def stop(self) -> None:
+    def _engine_gone(self, reason: str) -> None:
+        """The engine process died under us (its requests have had their 503s): the server
+        exits with status 1, so the container restarts at once, as after any crash."""
+        self.load_error = reason
+        self.engine_lost = True
+        self._ready.clear()
+
+    async def stop(self) -> None:
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
         if self.engine is not None:
-            self.engine.stop(timeout=self.settings.drain_timeout_seconds)
+            await self.engine.stop(self.settings.drain_timeout_seconds)

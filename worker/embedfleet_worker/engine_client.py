@@ -1,0 +1,171 @@
+"""The engine in its own process (`engine_process`), seen from the HTTP process's event loop:
+starts it, tokenises each request here and sends the token ids over, and resolves the request's
+future from the answer. Reading the socket is a task on the event loop: no thread of this
+process waits on the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import multiprocessing
+import socket
+from collections.abc import Callable, Sequence
+from multiprocessing.process import BaseProcess
+
+from embedfleet_worker import engine_wire as wire
+from embedfleet_worker.engine import EmbeddingResult, EngineConfig, EngineObserver
+from embedfleet_worker.engine_process import run_engine
+from embedfleet_worker.errors import EngineUnavailableError, InvalidInputError
+from embedfleet_worker.loader import LoadedEncoder, ModelSpec, load_encoder
+from embedfleet_worker.options import EmbedOptions
+from embedfleet_worker.tokenization import Input, InputEncoder, RequestEncoder
+
+log = logging.getLogger("embedfleet.worker")
+
+
+class EngineStartError(RuntimeError):
+    """The engine process could not load the model (the message says why)."""
+
+
+class EngineClient:
+    def __init__(
+        self,
+        front: LoadedEncoder,
+        info: wire.EngineInfo,
+        process: BaseProcess,
+        streams: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        observer: EngineObserver,
+        *,
+        tokenizer_threads: int,
+        on_exit: Callable[[str], None],
+    ) -> None:
+        self.encoder: InputEncoder = front.encoder
+        self.info = info
+        self._process = process
+        self._reader, self._writer = streams
+        self._observer = observer
+        self._on_exit = on_exit
+        self._request_encoder = RequestEncoder(front.encoder, tokenizer_threads)
+        self._pending: dict[int, asyncio.Future[EmbeddingResult]] = {}
+        self._ids = itertools.count()
+        self._stopping = False
+        self._gone: str | None = None  # why the engine process is no longer there
+        self._reading = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def start(
+        cls,
+        spec: ModelSpec,
+        config: EngineConfig,
+        observer: EngineObserver,
+        *,
+        log_level: str,
+        stop_timeout: float,
+        on_exit: Callable[[str], None],
+    ) -> EngineClient:
+        """Loads the encoder here and the model in a new process; returns once both are ready.
+        A hub id is resolved (downloaded) once, here; the engine loads the local folder."""
+        front = await asyncio.to_thread(load_encoder, spec)
+        local = dataclasses.replace(spec, model=str(front.path), offline=True)
+        ours, theirs = socket.socketpair()
+        # spawn, not fork: CUDA cannot be used in a forked child, and this process has threads.
+        process = multiprocessing.get_context("spawn").Process(
+            target=run_engine,
+            args=(theirs, local, config, log_level, stop_timeout),
+            name="embedfleet-engine",
+        )
+        await asyncio.to_thread(process.start)
+        theirs.close()
+        reader, writer = await asyncio.open_connection(sock=ours)
+        try:
+            first = await wire.read_frame(reader)
+        except asyncio.CancelledError:  # the server stops while the model loads
+            process.kill()
+            raise
+        if first is None or first[0][0] != "ready":
+            writer.close()
+            await asyncio.to_thread(process.join, 10)
+            if first is None:
+                raise EngineStartError(f"the engine process exited (code {process.exitcode})")
+            raise EngineStartError(str(first[0][1]))
+        info: wire.EngineInfo = first[0][1]
+        client = cls(
+            front,
+            info,
+            process,
+            (reader, writer),
+            observer,
+            tokenizer_threads=config.tokenizer_threads,
+            on_exit=on_exit,
+        )
+        for message in first[1:]:
+            client._dispatch(message)
+        return client
+
+    @property
+    def running(self) -> bool:
+        return not self._stopping and self._gone is None
+
+    async def embed(self, inputs: Sequence[Input], options: EmbedOptions) -> EmbeddingResult:
+        if not self.running:
+            raise EngineUnavailableError(self._gone or "the engine is shutting down")
+        options.validate(self.info.hidden_size)
+        sequences = await self._request_encoder.encode(inputs, options)
+        if not sequences:
+            raise InvalidInputError("input must not be empty", param="input")
+        if not self.running:  # it went while this request was tokenised
+            raise EngineUnavailableError(self._gone or "the engine is shutting down")
+        request_id = next(self._ids)
+        future: asyncio.Future[EmbeddingResult] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        self._writer.write(wire.frame([("embed", request_id, sequences, options)]))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if self._pending.pop(request_id, None) is not None and self._gone is None:
+                self._writer.write(wire.frame([("cancel", request_id)]))
+            raise
+
+    async def stop(self, drain_seconds: float) -> None:
+        """Lets the engine finish what it holds (bounded by `drain_seconds`), then ends its
+        process."""
+        self._stopping = True
+        if self._gone is None:
+            self._writer.write(wire.frame([("stop",)]))
+        await asyncio.to_thread(self._process.join, drain_seconds + 5)
+        if self._process.is_alive():
+            log.warning("engine process did not stop; killing it")
+            self._process.kill()
+            await asyncio.to_thread(self._process.join, 5)
+        self._writer.close()
+        self._request_encoder.close()
+        await asyncio.gather(self._reading, return_exceptions=True)
+
+    async def _read(self) -> None:
+        while (messages := await wire.read_frame(self._reader)) is not None:
+            for message in messages:
+                self._dispatch(message)
+        await asyncio.to_thread(self._process.join, 5)
+        self._gone = f"the engine process exited (code {self._process.exitcode})"
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(EngineUnavailableError(self._gone))
+        self._pending.clear()
+        if not self._stopping:
+            log.error("engine process exited", extra={"exit_code": self._process.exitcode})
+            self._on_exit(self._gone)
+
+    def _dispatch(self, message: wire.Message) -> None:
+        kind = message[0]
+        if kind == "result" or kind == "error":
+            future = self._pending.pop(message[1], None)
+            if future is None or future.done():
+                return  # cancelled meanwhile
+            if kind == "result":
+                future.set_result(message[2])
+            else:
+                future.set_exception(message[2].exception())
+        elif kind == "observe" and message[1] in wire.OBSERVER_HOOKS:
+            getattr(self._observer, message[1])(*message[2])

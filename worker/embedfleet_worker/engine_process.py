@@ -1,0 +1,188 @@
+"""The engine's own process: loads the model, runs the engine (scheduler and compute thread) and
+answers the HTTP process over a socket pair (`engine_wire`).
+
+Why a process: in one process the event loop, FastAPI, the access log and the compute thread
+share one GIL, and a profile of the server under 128 concurrent single queries showed the
+compute thread busy only a third of the time, waiting for it. Here the engine has a GIL of its
+own; the HTTP process parses, tokenises and serialises. vLLM splits its API server from its
+engine core the same way."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import socket
+import threading
+import time
+from functools import partial
+
+from embedfleet_worker import engine_wire as wire
+from embedfleet_worker.engine import EmbeddingEngine, EmbeddingResult, EngineConfig, Ticket
+from embedfleet_worker.errors import EmbeddingError
+from embedfleet_worker.loader import ModelSpec, load_model
+from embedfleet_worker.logs import configure_logging
+from embedfleet_worker.options import EmbedOptions
+
+log = logging.getLogger("embedfleet.engine")
+
+Outbox = queue.SimpleQueue[wire.Message | None]
+_WAKE: wire.Message = ("wake",)  # tells the sender a new queue depth waits; never sent
+
+
+def run_engine(
+    sock: socket.socket, spec: ModelSpec, config: EngineConfig, log_level: str, stop_timeout: float
+) -> None:
+    """The process's entry point (multiprocessing's spawn target)."""
+    # Signals are the HTTP process's to handle: a Ctrl-C or a SIGTERM sent to the whole process
+    # group must not stop the engine while the HTTP process drains. The engine stops when told
+    # to, or when its socket closes (the HTTP process is gone).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    configure_logging(log_level)
+    outbox: Outbox = queue.SimpleQueue()
+    observer = _ForwardingObserver(outbox)
+    sender = threading.Thread(
+        target=_send_frames, args=(sock, outbox, observer), name="embedfleet-send", daemon=True
+    )
+    sender.start()
+    engine = _load(spec, config, outbox, observer)
+    if engine is not None:
+        _serve(sock, engine, outbox, stop_timeout)
+    outbox.put(None)
+    sender.join(timeout=5)
+    sock.close()
+
+
+def _load(
+    spec: ModelSpec, config: EngineConfig, outbox: Outbox, observer: _ForwardingObserver
+) -> EmbeddingEngine | None:
+    started = time.perf_counter()
+    try:
+        loaded = load_model(spec)
+        # Warm-up: the first forward pass allocates and autotunes; do it before Ready.
+        loaded.runner.embed([loaded.encoder.encode(["warm up"], EmbedOptions())[0]])
+    except Exception as error:  # reported by the HTTP process through /health and its log
+        outbox.put(("failed", f"{type(error).__name__}: {error}"))
+        return None
+    engine = EmbeddingEngine(
+        loaded.runner,
+        loaded.encoder,
+        config,
+        normalize_by_default=loaded.description.normalize_by_default,
+        observer=observer,
+    )
+    engine.start()
+    info = wire.EngineInfo(
+        hidden_size=loaded.runner.hidden_size,
+        normalize_by_default=loaded.description.normalize_by_default,
+        fingerprint=loaded.fingerprint,
+        dtype_name=loaded.dtype_name,
+        device=str(loaded.runner.device),
+        load_seconds=round(time.perf_counter() - started, 2),
+    )
+    outbox.put(("ready", info))
+    return engine
+
+
+def _serve(sock: socket.socket, engine: EmbeddingEngine, outbox: Outbox, timeout: float) -> None:
+    tickets: dict[int, Ticket | None] = {}
+    # Held while a request is admitted and filed, and while its completion unfiles it, so a
+    # request that finishes at once is never left filed.
+    lock = threading.Lock()
+    stopped = False
+    while not stopped:
+        messages = wire.receive_frame(sock)
+        if messages is None:  # the HTTP process is gone: nobody waits for what is queued
+            with lock:
+                for ticket in tickets.values():
+                    if ticket is not None:
+                        ticket.cancel()
+            break
+        for message in messages:
+            if message[0] == "embed":
+                _, request_id, sequences, options = message
+                done = partial(_reply, outbox, tickets, lock, request_id)
+                with lock:
+                    try:
+                        tickets[request_id] = engine.submit(sequences, options, on_done=done)
+                    except EmbeddingError as error:
+                        outbox.put(("error", request_id, wire.WireError.of(error)))
+            elif message[0] == "cancel":
+                with lock:
+                    ticket = tickets.pop(message[1], None)
+                if ticket is not None:
+                    ticket.cancel()
+            elif message[0] == "stop":
+                stopped = True
+    engine.stop(timeout)
+
+
+def _reply(
+    outbox: Outbox,
+    tickets: dict[int, Ticket | None],
+    lock: threading.Lock,
+    request_id: int,
+    result: EmbeddingResult | None,
+    error: Exception | None,
+) -> None:
+    with lock:
+        tickets.pop(request_id, None)
+    if error is not None:
+        outbox.put(("error", request_id, wire.WireError.of(error)))
+    else:
+        outbox.put(("result", request_id, result))
+
+
+def _send_frames(sock: socket.socket, outbox: Outbox, observer: _ForwardingObserver) -> None:
+    """Sends what the outbox holds, everything waiting in one frame, until told to stop."""
+    while True:
+        item = outbox.get()
+        messages: list[wire.Message] = []
+        while True:
+            if item is None:
+                break
+            if item is not _WAKE:
+                messages.append(item)
+            try:
+                item = outbox.get_nowait()
+            except queue.Empty:
+                break
+        closing = item is None
+        depth = observer.take_queue_depth()
+        if depth is not None:
+            messages.append(("observe", "on_queue_depth", depth))
+        if messages:
+            try:
+                sock.sendall(wire.frame(messages))
+            except OSError:
+                return  # the HTTP process is gone
+        if closing:
+            return
+
+
+class _ForwardingObserver:
+    """The engine's metrics hooks, sent to the HTTP process (which owns the registry). Queue
+    depth changes on every admission: only its latest value travels, in the next frame."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+        self._depth: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+
+    def on_batch(self, num_inputs: int, num_tokens: int, busy_seconds: float) -> None:
+        self._outbox.put(("observe", "on_batch", (num_inputs, num_tokens, busy_seconds)))
+
+    def on_queue_wait(self, seconds: float) -> None:
+        self._outbox.put(("observe", "on_queue_wait", (seconds,)))
+
+    def on_queue_depth(self, tokens: int, requests: int) -> None:
+        with self._lock:
+            waiting, self._depth = self._depth is not None, (tokens, requests)
+        if not waiting:
+            self._outbox.put(_WAKE)  # the sender sends it even if nothing else comes
+
+    def take_queue_depth(self) -> tuple[int, int] | None:
+        with self._lock:
+            depth, self._depth = self._depth, None
+        return depth
