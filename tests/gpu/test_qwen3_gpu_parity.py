@@ -130,7 +130,9 @@ def test_graphs_long_sequences_and_stepping_match(
     def tokens(n: int) -> list[int]:
         return [*torch.randint(0, 151643, (n - 1,), generator=generator).tolist(), ENDOFTEXT]
 
-    for lengths in ([16], [1], [5, 40, 17], [64] * 8, [200, 311], [512]):
+    # The last three: query batches in the 1,024- and 2,048-token buckets (padding split).
+    for lengths in ([16], [1], [5, 40, 17], [64] * 8, [200, 311], [512], [8] * 120, [20] * 48,
+                    [500, 400, 300]):  # fmt: skip
         sequences = [tokens(n) for n in lengths]
         assert runner.graphs.fits(lengths)
         graphed = runner.embed(sequences)

@@ -16,6 +16,7 @@ from embedfleet_worker.engine import EngineConfig
 from embedfleet_worker.engine_client import EngineClient
 from embedfleet_worker.loader import ModelSpec
 from embedfleet_worker.metrics import WorkerMetrics
+from embedfleet_worker.options import EmbedOptions
 from embedfleet_worker.settings import WorkerSettings
 
 log = logging.getLogger("embedfleet.worker")
@@ -116,6 +117,9 @@ class WorkerState:
                 stop_timeout=s.drain_timeout_seconds,
                 on_exit=self._engine_gone,
             )
+            # One query through tokenizer, socket and engine before Ready: a fresh worker's
+            # first request must not pay for first use of any of them.
+            await engine.embed(["warm up"], EmbedOptions())
         except Exception as error:  # any failure is reported through /health and the log
             self.load_error = f"{type(error).__name__}: {error}"
             log.error("model load failed", extra={"error": self.load_error})

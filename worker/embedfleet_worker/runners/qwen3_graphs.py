@@ -1,88 +1,134 @@
-"""CUDA graphs for the Qwen3 runner's small batches (single queries, a few short inputs):
-replaying one captured graph replaces ~400 kernel launches and their Python, which is what a
-16-token query otherwise waits for (launch-bound, not compute-bound).
+"""CUDA graphs for the Qwen3 runner's query batches: replaying one captured graph replaces
+~400 kernel launches and their Python. A single query otherwise waits for those launches, and
+a batch of 40 concurrent queries over HTTP spent most of its ~46 ms on them (BENCHMARKS.md).
 
-Each bucket is a fixed token count T with a fixed number of sequence slots: a batch is packed
-into the smallest bucket that holds it, unused slots are empty sequences and the leftover
-tokens form one padding sequence at the end, so attention never mixes real and padding
-tokens and the real rows come out exactly as the eager path computes them."""
+Each bucket has a fixed token count T, a fixed number of sequence slots and a longest sequence
+(the attention's static bound). A batch is packed into the smallest bucket that holds it.
+Unused slots are empty sequences. The leftover tokens form padding sequences at the end, none
+longer than the bound, so attention never mixes real and padding tokens. The real rows come out
+exactly as the eager path computes them."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 if TYPE_CHECKING:
     from embedfleet_worker.runners.qwen3 import Qwen3Runner
 
-TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512)
-MAX_SEQUENCES = 8
+
+@dataclass(frozen=True)
+class Bucket:
+    tokens: int
+    slots: int  # sequences at most
+    longest: int  # a sequence's length at most (FlashAttention's static max_seqlen)
+
+    @property
+    def pad_slots(self) -> int:
+        return -(-self.tokens // self.longest)
+
+    def holds(self, lengths: Sequence[int]) -> bool:
+        return (
+            sum(lengths) <= self.tokens
+            and len(lengths) <= self.slots
+            and max(lengths) <= self.longest
+        )
+
+
+# Up to 512 tokens: single queries and a few inputs. Above: the engine's query batches (its
+# interactive cap is 2,048 tokens, each query at most 512), so up to 256 queries per batch.
+BUCKETS = (
+    *(Bucket(t, 8, t) for t in (16, 32, 64, 128, 256, 512)),
+    Bucket(1024, 128, 512),
+    Bucket(2048, 256, 512),
+)
+
+
+class _Captured:
+    """One bucket's static inputs and its graph."""
+
+    def __init__(self, bucket: Bucket, device: torch.device) -> None:
+        self.bucket = bucket
+        self.ids = torch.zeros(bucket.tokens, dtype=torch.long, device=device)
+        self.positions = torch.zeros(bucket.tokens, dtype=torch.long, device=device)
+        self.cu_seqlens = torch.zeros(
+            bucket.slots + bucket.pad_slots + 1, dtype=torch.int32, device=device
+        )
+        self.last = torch.zeros(bucket.slots, dtype=torch.long, device=device)
+        self.graph: Any = None
+        self.output: torch.Tensor | None = None
+
+    def fill(self, sequences: Sequence[Sequence[int]]) -> None:
+        b = self.bucket
+        lengths = [len(s) for s in sequences]
+        total = sum(lengths)
+        pads = [min(b.longest, b.tokens - start) for start in range(total, b.tokens, b.longest)]
+        ids = [*itertools.chain.from_iterable(sequences), *([0] * (b.tokens - total))]
+        positions = [i for n in [*lengths, *pads] for i in range(n)]
+        ends = list(itertools.accumulate(lengths))
+        pad_ends = list(itertools.accumulate(pads, initial=total))[1:]
+        cu = [
+            0,
+            *ends,
+            *([total] * (b.slots - len(lengths))),
+            *pad_ends,
+            *([b.tokens] * (b.pad_slots - len(pads))),
+        ]
+        last = [end - 1 for end in ends] + [0] * (b.slots - len(lengths))
+        self.ids.copy_(torch.tensor(ids, dtype=torch.long))
+        self.positions.copy_(torch.tensor(positions, dtype=torch.long))
+        self.cu_seqlens.copy_(torch.tensor(cu, dtype=torch.int32))
+        self.last.copy_(torch.tensor(last, dtype=torch.long))
 
 
 class SmallBatchGraphs:
-    def __init__(
-        self,
-        runner: Qwen3Runner,
-        buckets: Sequence[int] = TOKEN_BUCKETS,
-        max_sequences: int = MAX_SEQUENCES,
-    ) -> None:
+    def __init__(self, runner: Qwen3Runner, buckets: Sequence[Bucket] = BUCKETS) -> None:
         self.runner = runner
-        self.buckets = tuple(sorted(buckets))
-        self.max_sequences = max_sequences
-        device, longest = runner.device, self.buckets[-1]
-        # Static inputs every graph reads (bucket T uses the first T entries).
-        self.ids = torch.zeros(longest, dtype=torch.long, device=device)
-        self.positions = torch.zeros(longest, dtype=torch.long, device=device)
-        self.cu_seqlens = torch.zeros(max_sequences + 2, dtype=torch.int32, device=device)
-        self.last = torch.zeros(max_sequences, dtype=torch.long, device=device)
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.buckets = sorted(buckets, key=lambda b: (b.tokens, b.slots))
+        self.captured = [_Captured(bucket, runner.device) for bucket in self.buckets]
         pool = torch.cuda.graph_pool_handle()
-        for tokens in self.buckets:
-            self._fill([[0] * tokens], tokens)
+        for captured in self.captured:
+            captured.fill([[0] * min(captured.bucket.tokens, captured.bucket.longest)])
             side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(2):  # warm-up outside the capture: kernels compiled, tuned
-                    self._body(tokens)
+                    self._body(captured)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                output = self._body(tokens)
-            self.graphs[tokens] = (graph, output)
+                captured.output = self._body(captured)
+            captured.graph = graph
+        # A graph's first replay uploads it to the device (tens of ms for 36 layers): do that
+        # here, not on a fresh worker's first query.
+        for captured in self.captured:
+            captured.graph.replay()
         torch.cuda.synchronize()
 
     def fits(self, lengths: Sequence[int]) -> bool:
-        return len(lengths) <= self.max_sequences and sum(lengths) <= self.buckets[-1]
+        return self._bucket_for(lengths) is not None
 
     def run(self, sequences: Sequence[Sequence[int]], lengths: list[int]) -> torch.Tensor:
-        total = sum(lengths)
-        tokens = next(b for b in self.buckets if b >= total)
-        self._fill(sequences, tokens)
-        graph, output = self.graphs[tokens]
-        graph.replay()
-        return output[: len(lengths)].clone()
+        captured = self._bucket_for(lengths)
+        assert captured is not None
+        assert captured.output is not None
+        captured.fill(sequences)
+        captured.graph.replay()
+        return captured.output[: len(lengths)].clone()
 
-    def _fill(self, sequences: Sequence[Sequence[int]], tokens: int) -> None:
-        lengths = [len(s) for s in sequences]
-        total = sum(lengths)
-        pad = tokens - total
-        ids = [*itertools.chain.from_iterable(sequences), *([0] * pad)]
-        positions = [i for n in [*lengths, pad] for i in range(n)]
-        ends = list(itertools.accumulate(lengths))
-        empty = self.max_sequences - len(lengths)
-        cu = [0, *ends, *([total] * empty), tokens]
-        last = [end - 1 for end in ends] + [0] * empty
-        self.ids[:tokens].copy_(torch.tensor(ids, dtype=torch.long))
-        self.positions[:tokens].copy_(torch.tensor(positions, dtype=torch.long))
-        self.cu_seqlens.copy_(torch.tensor(cu, dtype=torch.int32))
-        self.last.copy_(torch.tensor(last, dtype=torch.long))
+    def _bucket_for(self, lengths: Sequence[int]) -> _Captured | None:
+        if not lengths:
+            return None
+        return next((c for c in self.captured if c.bucket.holds(lengths)), None)
 
-    def _body(self, tokens: int) -> torch.Tensor:
+    def _body(self, captured: _Captured) -> torch.Tensor:
+        b = captured.bucket
         forward = self.runner.begin(
-            self.ids[:tokens], self.positions[:tokens], self.cu_seqlens, [tokens], max_len=tokens
+            captured.ids, captured.positions, captured.cu_seqlens, [b.longest], max_len=b.longest
         )
         forward.finish()
-        return self.runner.final_norm_rows(forward.hidden.index_select(0, self.last))
+        return self.runner.final_norm_rows(forward.hidden.index_select(0, captured.last))
