@@ -238,7 +238,9 @@ async def loop_lag(base_url: str, threshold_s: float = 0.01) -> tuple[float, flo
     return total, total - over_le
 
 
+FULL_GC = 'python_gc_collections_total{generation="2"}'  # the HTTP process's full collections
 _ENGINE_SERIES = (
+    FULL_GC,
     "embedfleet_engine_busy_seconds_total",
     "embedfleet_batch_size_sum",
     "embedfleet_batch_size_count",
@@ -270,6 +272,7 @@ def engine_activity(
     batches = d["embedfleet_batch_size_count"]
     waits = d["embedfleet_queue_wait_seconds_count"]
     return {
+        "http_full_gc": d[FULL_GC] if FULL_GC in after else None,
         "busy_share": round(d["embedfleet_engine_busy_seconds_total"] / max(wall_s, 1e-9), 3),
         "batches": batches,
         "mean_batch_inputs": round(d["embedfleet_batch_size_sum"] / batches, 1) if batches else 0,
@@ -277,3 +280,29 @@ def engine_activity(
         if waits
         else 0,
     }
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    import os
+    from pathlib import Path
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def engine_child(pid: int) -> int | None:
+    """The worker's engine process: its multiprocessing spawn child."""
+    from pathlib import Path
+
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in command:
+            return int(entry.name)
+    return None

@@ -85,15 +85,30 @@ def make_texts(tokenizer_dir: Path, seed: int, counts: dict[str, int]) -> dict[s
 
 async def drive(url: str, model: str, texts: dict[str, Any], n: dict[str, int],
                 workloads: set[str], profile: Callable[[], None],
-                clients: int) -> dict[str, Any]:  # fmt: skip
+                clients: int, server_pid: int) -> dict[str, Any]:  # fmt: skip
     out: dict[str, Any] = {}
 
+    engine_pid = load.engine_child(server_pid)
+
+    def cpu() -> tuple[float, float]:
+        engine = load.process_cpu_seconds(engine_pid) if engine_pid else 0.0
+        return load.process_cpu_seconds(server_pid), engine
+
     def spread(kind: str, requests: list[list[str]], concurrency: int, extra: str) -> Any:
-        """A load from `clients` processes, with what the engine did meanwhile."""
-        before = load.engine_counters(url)
+        """A load from `clients` processes, with what the engine did meanwhile and the CPU time
+        the worker's two processes spent per request."""
+        before, cpu_before = load.engine_counters(url), cpu()
         run = load.spread(kind, url, requests, concurrency, min(clients, concurrency), (extra,))
+        cpu_after = cpu()
         summary = run.summary()
         summary["engine"] = load.engine_activity(before, load.engine_counters(url), run.wall_s)
+        served = max(1, len(run.latencies_s))
+        summary["http_process_cpu_ms_per_request"] = round(
+            1000 * (cpu_after[0] - cpu_before[0]) / served, 3
+        )
+        summary["engine_process_cpu_ms_per_request"] = round(
+            1000 * (cpu_after[1] - cpu_before[1]) / served, 3
+        )
         return summary
 
     out["loop_lag_before"] = await load.loop_lag(url)
@@ -204,7 +219,8 @@ def _load_note(run: dict[str, Any] | None) -> str:
         return ""
     engine = run.get("engine", {})
     return (f"client cpu {run.get('client_cpu')}, engine busy {engine.get('busy_share')}"
-            f" batch {engine.get('mean_batch_inputs')}")  # fmt: skip
+            f" batch {engine.get('mean_batch_inputs')}, http cpu/req"
+            f" {run.get('http_process_cpu_ms_per_request')} ms")  # fmt: skip
 
 
 def _f(value: float | None) -> str:
@@ -284,7 +300,9 @@ def main() -> int:
                 subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         workloads = set(args.workloads.split(","))
-        http = asyncio.run(drive(server.url, model_name, texts, n, workloads, profile, clients))
+        http = asyncio.run(
+            drive(server.url, model_name, texts, n, workloads, profile, clients, server.pid)
+        )
     if args.json:  # the HTTP half is kept even if the engine half does not finish
         args.json.write_text(json.dumps({"command": sys.argv, "http": http}, indent=2))
     engine = {} if args.quick or args.no_engine else engine_figures(args, workdir)

@@ -9,6 +9,7 @@ engine core the same way."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import signal
@@ -48,6 +49,7 @@ def run_engine(
     sender.start()
     engine = _load(spec, config, outbox, observer)
     if engine is not None:
+        gc.freeze()  # the model and libraries: never walked by a full collection mid-batch
         _serve(sock, engine, outbox, stop_timeout)
     outbox.put(None)
     sender.join(timeout=5)

@@ -11,6 +11,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
     ProcessCollector,
     disable_created_metrics,
@@ -109,6 +110,8 @@ class WorkerMetrics:
             r.register(GpuCollector.create())
         # process_start_time_seconds lets the autoscaler tell a restart from a quiet tick.
         ProcessCollector(registry=r)
+        # python_gc_collections_total{generation}: full collections stall the event loop.
+        GCCollector(registry=r)
 
     # EngineObserver -------------------------------------------------------------------
     def on_batch(self, num_inputs: int, num_tokens: int, busy_seconds: float) -> None:

@@ -5,6 +5,7 @@ answers while a large model loads."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import time
@@ -125,6 +126,10 @@ class WorkerState:
             log.error("model load failed", extra={"error": self.load_error})
             return
         self.engine = engine
+        # Everything loaded so far lives as long as the process: out of the collector's reach,
+        # a full collection no longer walks it (about 100 ms for this process's 260K objects
+        # on a 2-core machine, a stall of every request in flight).
+        gc.freeze()
         info = engine.info
         self.metrics.model_info.labels(
             model=self.names[0],
