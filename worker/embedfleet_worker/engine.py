@@ -1,11 +1,11 @@
 """The embedding engine: admission, token-budget batching and a compute thread.
 
-`submit` admits tokenised inputs into a bounded queue from any thread; one compute thread runs
-them in batches planned by `batching.plan_batch` and hands each request's vectors, in input
-order, to its completion callback. A failing batch fails only the requests it held; an
-abandoned (cancelled) request is dropped before compute. `embed` is the in-process async form
-(tokenising first); the worker's HTTP process reaches an engine in its own process instead
-(`engine_process`)."""
+`submit` admits tokenised inputs from any thread into the `scheduler` (queue, admission,
+batch planning, progress; pure); one compute thread runs the batches it plans and hands each
+request's vectors, in input order, to its completion callback. A failing batch fails only the
+requests it held; an abandoned (cancelled) request is dropped before compute. `embed` is the
+in-process async form (tokenising first); the worker's HTTP process reaches an engine in its
+own process instead (`engine_process`)."""
 
 from __future__ import annotations
 
@@ -21,16 +21,11 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from embedfleet_worker.batching import QueuedRequest, is_interactive, plan_batch
-from embedfleet_worker.errors import (
-    BatchFailedError,
-    EngineOverloadedError,
-    EngineUnavailableError,
-    InvalidInputError,
-)
+from embedfleet_worker.errors import BatchFailedError, EngineUnavailableError, InvalidInputError
 from embedfleet_worker.options import EmbedOptions
 from embedfleet_worker.pooling import finalize_rows
 from embedfleet_worker.runners.base import EmbeddingRunner, SteppedRunner
+from embedfleet_worker.scheduler import ScheduledRequest, Scheduler, SchedulerLimits
 from embedfleet_worker.tokenization import Input, InputEncoder, RequestEncoder
 
 Vectors = npt.NDArray[np.float32]
@@ -83,27 +78,16 @@ class _NullObserver:
         pass
 
 
-@dataclass(eq=False)
-class _Request:
-    request_id: int
+@dataclass(eq=False, kw_only=True)
+class _Request(ScheduledRequest):
+    """A request's place in the scheduler plus what running it needs."""
+
     sequences: list[list[int]]
     options: EmbedOptions
     normalize: bool
     on_done: Completion
-    enqueued_at: float
     results: list[Vectors | None] = field(default_factory=list)
-    next_index: int = 0
-    done: int = 0
-    started: bool = False
-    abandoned: bool = False  # cancelled by the caller or failed: drop what is left
-
-    @property
-    def pending_tokens(self) -> list[int]:
-        return [len(s) for s in self.sequences[self.next_index :]]
-
-    def cancel(self) -> None:
-        """The caller has gone: the compute thread drops what is left of this request."""
-        self.abandoned = True
+    done: int = 0  # inputs whose vectors are back
 
 
 Ticket = _Request  # what `submit` returns: something to `cancel()`
@@ -146,8 +130,16 @@ class EmbeddingEngine:
         self.config = config or EngineConfig()
         self.normalize_by_default = normalize_by_default
         self.observer: EngineObserver = observer or _NullObserver()
-        self._queue: list[_Request] = []
-        self._queued_tokens = 0
+        c = self.config
+        self._scheduler: Scheduler[_Request] = Scheduler(
+            SchedulerLimits(
+                max_batch_tokens=c.max_batch_tokens,
+                max_batch_size=c.max_batch_size,
+                max_queue_tokens=c.max_queue_tokens,
+                interactive_tokens=c.interactive_tokens,
+                interactive_batch_tokens=c.interactive_batch_tokens,
+            )
+        )
         self._cond = threading.Condition()
         self._ids = itertools.count()
         self._stopping = False
@@ -179,7 +171,7 @@ class EmbeddingEngine:
     @property
     def queue_depth(self) -> tuple[int, int]:
         with self._cond:
-            return self._queued_tokens, len(self._queue)
+            return self._scheduler.depth
 
     # ----------------------------------------------------------------------- public API
     async def embed(self, inputs: Sequence[Input], options: EmbedOptions) -> EmbeddingResult:
@@ -213,30 +205,23 @@ class EmbeddingEngine:
         options.validate(self.runner.hidden_size)
         request = _Request(
             request_id=next(self._ids),
+            lengths=[len(s) for s in sequences],
+            enqueued_at=time.perf_counter(),
             sequences=sequences,
             options=options,
             normalize=self.normalize_by_default if options.normalize is None else options.normalize,
             on_done=on_done,
-            enqueued_at=time.perf_counter(),
             results=[None] * len(sequences),
         )
         self._admit(request)
         return request
 
     def _admit(self, request: _Request) -> None:
-        tokens = sum(len(s) for s in request.sequences)
         with self._cond:
             if self._stopping:
                 raise EngineUnavailableError("the engine is shutting down")
-            # An empty queue always admits, so one huge request can still run.
-            if self._queue and self._queued_tokens + tokens > self.config.max_queue_tokens:
-                raise EngineOverloadedError(
-                    f"the queue holds {self._queued_tokens} tokens; retry shortly",
-                    retry_after_seconds=1.0,
-                )
-            self._queue.append(request)
-            self._queued_tokens += tokens
-            self.observer.on_queue_depth(self._queued_tokens, len(self._queue))
+            self._scheduler.admit(request)
+            self.observer.on_queue_depth(*self._scheduler.depth)
             self._cond.notify()
 
     # ----------------------------------------------------------------------- compute thread
@@ -250,67 +235,33 @@ class EmbeddingEngine:
     def _next_batch(self) -> list[tuple[_Request, int]] | None:
         """The next batch (waiting for one); None once stopping with nothing queued."""
         with self._cond:
-            while not self._queue and not self._stopping:
+            scheduler = self._scheduler
+            while not scheduler.queue and not self._stopping:
                 self._cond.wait()
-            self._drop_abandoned()
-            if not self._queue:
+            if scheduler.drop_abandoned():
+                self.observer.on_queue_depth(*scheduler.depth)
+            if not scheduler.queue:
                 return None if self._stopping else []
             # With a runner that pauses between layers, waiting queries run on their own
             # (small batches: CUDA graphs on a GPU) and bulk batches stay full size, since a
             # query arriving later is run between the bulk batch's layers.
             stepped = isinstance(self.runner, SteppedRunner)
-            if stepped and any(self._is_interactive(r) for r in self._queue):
-                return self._take(interactive_only=True)
-            return self._take(interactive_only=False)
+            return self._take(interactive_only=stepped and scheduler.has_interactive())
 
     def _waiting_interactive_batch(self) -> list[tuple[_Request, int]]:
         """Queries that arrived while a bulk batch runs: taken between its layers."""
         with self._cond:
-            if not any(self._is_interactive(r) for r in self._queue):
+            if not self._scheduler.has_interactive():
                 return []
-            self._drop_abandoned()
             return self._take(interactive_only=True)
 
-    def _is_interactive(self, request: _Request) -> bool:
-        return is_interactive(request.pending_tokens, self.config.interactive_tokens)
-
     def _take(self, *, interactive_only: bool) -> list[tuple[_Request, int]]:
-        """Plans the next batch from the queue and takes its inputs (caller holds the lock)."""
-        queue = self._queue
-        if interactive_only:
-            queue = [r for r in queue if self._is_interactive(r)]
-        plan = plan_batch(
-            [QueuedRequest(r.request_id, r.pending_tokens) for r in queue],
-            max_batch_tokens=self.config.max_batch_tokens,
-            max_batch_size=self.config.max_batch_size,
-            interactive_tokens=self.config.interactive_tokens,
-            interactive_batch_tokens=self.config.interactive_batch_tokens,
-        )
-        batch: list[tuple[_Request, int]] = []
-        now = time.perf_counter()
-        for request in self._queue:
-            count = plan.take.get(request.request_id, 0)
-            if count and not request.started:
-                request.started = True
-                self.observer.on_queue_wait(now - request.enqueued_at)
-            for _ in range(count):
-                batch.append((request, request.next_index))
-                request.next_index += 1
-        self._queued_tokens -= plan.num_tokens
-        self._queue = [r for r in self._queue if r.next_index < len(r.sequences)]
-        self.observer.on_queue_depth(self._queued_tokens, len(self._queue))
-        return batch
-
-    def _drop_abandoned(self) -> None:
-        kept = []
-        for request in self._queue:
-            if request.abandoned:
-                self._queued_tokens -= sum(request.pending_tokens)
-            else:
-                kept.append(request)
-        if len(kept) < len(self._queue):
-            self._queue = kept
-            self.observer.on_queue_depth(self._queued_tokens, len(self._queue))
+        """The scheduler's next batch, its queue waits and depth reported (lock held)."""
+        taken = self._scheduler.take(interactive_only=interactive_only, now=time.perf_counter())
+        for wait in taken.queue_waits:
+            self.observer.on_queue_wait(wait)
+        self.observer.on_queue_depth(*self._scheduler.depth)
+        return taken.inputs
 
     def _stepped(self, batch: list[tuple[_Request, int]]) -> bool:
         tokens = sum(len(request.sequences[index]) for request, index in batch)
@@ -392,8 +343,9 @@ class EmbeddingEngine:
     def _fail(self, requests: set[_Request], error: Exception) -> None:
         with self._cond:
             for request in requests:
-                request.abandoned = True
-            self._drop_abandoned()
+                request.cancel()
+            if self._scheduler.drop_abandoned():
+                self.observer.on_queue_depth(*self._scheduler.depth)
         failure = BatchFailedError(f"the model failed on this batch: {type(error).__name__}")
         for request in requests:
             request.on_done(None, failure)
