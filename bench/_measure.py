@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from embedfleet_worker.errors import BatchFailedError
+from embedfleet_worker.engine.errors import BatchFailedError
 
 T = TypeVar("T")
 STARTED = time.perf_counter()

@@ -17,11 +17,11 @@ import numpy.typing as npt
 import torch
 import transformers
 
-from embedfleet_worker.engine import EmbeddingEngine, EngineConfig
-from embedfleet_worker.options import EmbedOptions
-from embedfleet_worker.pooling import PoolingMode
-from embedfleet_worker.runners.qwen3 import Qwen3Runner, Qwen3Shape
-from embedfleet_worker.tokenization import InputEncoder, probe_template
+from embedfleet_worker.engine.executor import EmbeddingEngine, EngineConfig
+from embedfleet_worker.engine.options import EmbedOptions
+from embedfleet_worker.engine.pooling import PoolingMode
+from embedfleet_worker.engine.tokenization import InputEncoder, probe_template
+from embedfleet_worker.model.runners.qwen3 import Qwen3Runner, Qwen3Shape
 
 Vectors = npt.NDArray[np.float32]
 

@@ -15,8 +15,8 @@ import torch
 
 from bench._measure import Phase, cosine_stats, log, measured, percentiles, ratio, sync
 from bench._systems import Baseline, Embedded, embedfleet_embed
-from embedfleet_worker.engine import EmbeddingEngine
-from embedfleet_worker.options import EmbedOptions
+from embedfleet_worker.engine.executor import EmbeddingEngine
+from embedfleet_worker.engine.options import EmbedOptions
 
 T = TypeVar("T")
 

@@ -1,5 +1,5 @@
 """How fast one keep-alive client spreads over a fleet after a scale-up, under the worker's real
-connection rule (embedfleet_worker.connections.ConnectionTable, one per pod).
+connection rule (embedfleet_worker.http.connections.ConnectionTable, one per pod).
 
 The client is the openai SDK's: threads share one pool and take its first idle connection
 (httpcore's order, oldest first), opening a new one only when none is idle; a connection leaves
@@ -29,7 +29,7 @@ import itertools
 import random
 from dataclasses import dataclass
 
-from embedfleet_worker.connections import ConnectionLifetime, ConnectionTable
+from embedfleet_worker.http.connections import ConnectionLifetime, ConnectionTable
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from bench._systems import build_model, build_runner, make_config
-from embedfleet_worker.runners.qwen3 import Qwen3Runner
+from embedfleet_worker.model.runners.qwen3 import Qwen3Runner
 
 
 def timed(fn: Callable[[], Any], repeats: int = 10, warmup: int = 3) -> float:

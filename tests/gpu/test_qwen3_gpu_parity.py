@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from bench._systems import ARCHS, COMMON_ARCH
-from embedfleet_worker.engine import EmbeddingEngine, EngineConfig
-from embedfleet_worker.options import EmbedOptions
-from embedfleet_worker.runners.qwen3 import Qwen3Runner, Qwen3Shape
-from embedfleet_worker.tokenization import InputEncoder, SequenceTemplate
+from embedfleet_worker.engine.executor import EmbeddingEngine, EngineConfig
+from embedfleet_worker.engine.options import EmbedOptions
+from embedfleet_worker.engine.tokenization import InputEncoder, SequenceTemplate
+from embedfleet_worker.model.runners.qwen3 import Qwen3Runner, Qwen3Shape
 
 pytestmark = [
     pytest.mark.gpu,

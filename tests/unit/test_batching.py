@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from embedfleet_worker.batching import BatchPlan, QueuedRequest, plan_batch
+from embedfleet_worker.engine.batching import BatchPlan, QueuedRequest, plan_batch
 
 
 def q(request_id: int, *tokens: int) -> QueuedRequest:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from embedfleet_worker.connections import ConnectionLifetime, ConnectionTable
+from embedfleet_worker.http.connections import ConnectionLifetime, ConnectionTable
 
 RULE = ConnectionLifetime(max_age_seconds=10.0, max_requests=8, jitter=0.2, floor_fraction=0.2)
 AGE_ONLY = ConnectionLifetime(max_age_seconds=10.0)

@@ -9,10 +9,10 @@ import threading
 import numpy as np
 import pytest
 
-from embedfleet_worker import engine_wire as wire
-from embedfleet_worker import errors
-from embedfleet_worker.engine import EmbeddingResult
-from embedfleet_worker.options import EmbedOptions
+from embedfleet_worker.engine import errors
+from embedfleet_worker.engine import wire as wire
+from embedfleet_worker.engine.executor import EmbeddingResult
+from embedfleet_worker.engine.options import EmbedOptions
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from embedfleet_worker.runners.qwen3_graphs import BUCKETS, Bucket, _Captured
+from embedfleet_worker.model.runners.qwen3_graphs import BUCKETS, Bucket, _Captured
 
 
 def layout(bucket: Bucket, lengths: list[int]) -> _Captured:

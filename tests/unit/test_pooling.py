@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from embedfleet_worker.pooling import (
+from embedfleet_worker.engine.pooling import (
     PoolingMode,
     finalize,
     finalize_rows,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from embedfleet_worker.errors import EngineOverloadedError
-from embedfleet_worker.scheduler import ScheduledRequest, Scheduler, SchedulerLimits
+from embedfleet_worker.engine.errors import EngineOverloadedError
+from embedfleet_worker.engine.scheduler import ScheduledRequest, Scheduler, SchedulerLimits
 
 LIMITS = SchedulerLimits(
     max_batch_tokens=100,

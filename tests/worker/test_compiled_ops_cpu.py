@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from embedfleet_worker.runners.qwen3_ops import LayerOps
+from embedfleet_worker.model.runners.qwen3_ops import LayerOps
 
 pytestmark = pytest.mark.slow
 

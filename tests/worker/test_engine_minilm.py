@@ -11,10 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from embedfleet_worker.engine import EmbeddingEngine, EngineConfig
-from embedfleet_worker.errors import BatchFailedError, EngineOverloadedError, InvalidInputError
-from embedfleet_worker.loader import LoadedModel, ModelSpec, load_model
-from embedfleet_worker.options import EmbedOptions
+from embedfleet_worker.engine.errors import (
+    BatchFailedError,
+    EngineOverloadedError,
+    InvalidInputError,
+)
+from embedfleet_worker.engine.executor import EmbeddingEngine, EngineConfig
+from embedfleet_worker.engine.options import EmbedOptions
+from embedfleet_worker.model.loader import LoadedModel, ModelSpec, load_model
 from tests.modelzoo import minilm_dir
 
 SENTENCES = [

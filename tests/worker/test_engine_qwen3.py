@@ -15,11 +15,11 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from embedfleet_worker.engine import EmbeddingEngine, EngineConfig
-from embedfleet_worker.loader import LoadedModel, ModelSpec, load_model
-from embedfleet_worker.model_files import fingerprint
-from embedfleet_worker.options import EmbedOptions, InputType
-from embedfleet_worker.runners.qwen3 import Qwen3Runner
+from embedfleet_worker.engine.executor import EmbeddingEngine, EngineConfig
+from embedfleet_worker.engine.options import EmbedOptions, InputType
+from embedfleet_worker.model.files import fingerprint
+from embedfleet_worker.model.loader import LoadedModel, ModelSpec, load_model
+from embedfleet_worker.model.runners.qwen3 import Qwen3Runner
 
 INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 TEXTS = [

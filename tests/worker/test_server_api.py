@@ -16,9 +16,9 @@ import numpy as np
 import openai
 import pytest
 
-from embedfleet_worker.engine import EmbeddingEngine
-from embedfleet_worker.loader import ModelSpec, load_model
-from embedfleet_worker.options import EmbedOptions
+from embedfleet_worker.engine.executor import EmbeddingEngine
+from embedfleet_worker.engine.options import EmbedOptions
+from embedfleet_worker.model.loader import ModelSpec, load_model
 from tests.modelzoo import minilm_dir
 from tests.worker.server_process import WorkerProcess, start_worker
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 
-from embedfleet_worker.app import create_app
+from embedfleet_worker.http.app import create_app
+from embedfleet_worker.http.worker_state import WorkerState
 from embedfleet_worker.settings import WorkerSettings
-from embedfleet_worker.worker_state import WorkerState
 from tests.worker.server_process import start_worker_unready
 
 

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
-from embedfleet_worker.errors import InputTooLongError, InvalidInputError
-from embedfleet_worker.options import EmbedOptions, InputType
-from embedfleet_worker.pooling import PoolingMode
-from embedfleet_worker.tokenization import (
+from embedfleet_worker.engine.errors import InputTooLongError, InvalidInputError
+from embedfleet_worker.engine.options import EmbedOptions, InputType
+from embedfleet_worker.engine.pooling import PoolingMode
+from embedfleet_worker.engine.tokenization import (
     InputEncoder,
     SequenceTemplate,
     apply_template,
@@ -139,7 +139,7 @@ def test_apply_template_refuses_a_budget_smaller_than_the_template() -> None:
 def test_the_rust_tokenizer_path_gives_transformers_own_ids(folder: Any) -> None:
     """The encoder calls the Rust tokenizer directly (4x less time per query); its ids must be
     exactly what a transformers call gives, truncation and padding from tokenizer.json off."""
-    from embedfleet_worker.tokenization import _rust_tokenizer
+    from embedfleet_worker.engine.tokenization import _rust_tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder()))
     rust = _rust_tokenizer(tokenizer)

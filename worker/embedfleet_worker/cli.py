@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     if args and args[0] == "serve":
         # Imported here so `--version` stays instant (no torch import).
-        from embedfleet_worker.server import serve
+        from embedfleet_worker.http.server import serve
         from embedfleet_worker.settings import parse_settings
 
         return serve(parse_settings(args[1:]))

@@ -19,7 +19,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from embedfleet_worker.connections import ConnectionTable
+from embedfleet_worker.http.connections import ConnectionTable
 
 REQUESTS_TOTAL = "embedfleet_requests_total"
 INPUTS_TOTAL = "embedfleet_inputs_total"

@@ -34,7 +34,7 @@ class WorkerSettings:
     offline: bool = False
     fused_norms: bool = False
     drain_timeout_seconds: float = 30.0
-    # Connections: see connections.py (spreading keep-alive clients) and the README.
+    # Connections: see http/connections.py (spreading keep-alive clients) and the README.
     max_connection_age_seconds: float = 5.0
     max_connection_requests: int = 4
     keep_alive_timeout_seconds: int = 120

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from embedfleet_worker.pooling import PoolingMode, pool_padded
+from embedfleet_worker.engine.pooling import PoolingMode, pool_padded
 
 
 class TransformersRunner:

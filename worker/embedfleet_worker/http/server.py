@@ -13,11 +13,11 @@ from types import FrameType
 
 import uvicorn
 
-from embedfleet_worker.app import create_app
-from embedfleet_worker.http_protocol import tracking_protocol
+from embedfleet_worker.http.app import create_app
+from embedfleet_worker.http.protocol import tracking_protocol
+from embedfleet_worker.http.worker_state import WorkerState
 from embedfleet_worker.logs import configure_logging
 from embedfleet_worker.settings import WorkerSettings
-from embedfleet_worker.worker_state import WorkerState
 
 log = logging.getLogger("embedfleet.worker")
 

@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from embedfleet_worker import errors
+from embedfleet_worker.engine import errors
 
 _LENGTH = struct.Struct("!I")
 OBSERVER_HOOKS = frozenset({"on_batch", "on_queue_wait", "on_queue_depth"})

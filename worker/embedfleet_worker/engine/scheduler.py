@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from embedfleet_worker.batching import QueuedRequest, is_interactive, plan_batch
-from embedfleet_worker.errors import EngineOverloadedError
+from embedfleet_worker.engine.batching import QueuedRequest, is_interactive, plan_batch
+from embedfleet_worker.engine.errors import EngineOverloadedError
 
 
 @dataclass(eq=False)

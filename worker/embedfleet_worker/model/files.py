@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from embedfleet_worker.pooling import PoolingMode
+from embedfleet_worker.engine.pooling import PoolingMode
 
 # Files that decide the model's behaviour; hashed in full (they are small).
 _DESCRIPTOR_FILES = (

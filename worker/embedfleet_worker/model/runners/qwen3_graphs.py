@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from embedfleet_worker.runners.qwen3 import Qwen3Runner
+    from embedfleet_worker.model.runners.qwen3 import Qwen3Runner
 
 
 @dataclass(frozen=True)

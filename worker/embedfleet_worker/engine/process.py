@@ -1,5 +1,5 @@
 """The engine's own process: loads the model, runs the engine (scheduler and compute thread) and
-answers the HTTP process over a socket pair (`engine_wire`).
+answers the HTTP process over a socket pair (`engine.wire`).
 
 Why a process: in one process the event loop, FastAPI, the access log and the compute thread
 share one GIL, and a profile of the server under 128 concurrent single queries showed the
@@ -18,12 +18,12 @@ import threading
 import time
 from functools import partial
 
-from embedfleet_worker import engine_wire as wire
-from embedfleet_worker.engine import EmbeddingEngine, EmbeddingResult, EngineConfig, Ticket
-from embedfleet_worker.errors import EmbeddingError
-from embedfleet_worker.loader import ModelSpec, load_model
+from embedfleet_worker.engine import wire as wire
+from embedfleet_worker.engine.errors import EmbeddingError
+from embedfleet_worker.engine.executor import EmbeddingEngine, EmbeddingResult, EngineConfig, Ticket
+from embedfleet_worker.engine.options import EmbedOptions
 from embedfleet_worker.logs import configure_logging
-from embedfleet_worker.options import EmbedOptions
+from embedfleet_worker.model.loader import ModelSpec, load_model
 
 log = logging.getLogger("embedfleet.engine")
 

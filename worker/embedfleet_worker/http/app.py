@@ -18,7 +18,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from embedfleet_worker import __version__
-from embedfleet_worker.api_models import (
+from embedfleet_worker.engine.client import EngineClient
+from embedfleet_worker.engine.errors import (
+    EmbeddingError,
+    EngineUnavailableError,
+    InvalidInputError,
+)
+from embedfleet_worker.engine.executor import EmbeddingResult
+from embedfleet_worker.engine.options import EmbedOptions
+from embedfleet_worker.engine.tokenization import Input
+from embedfleet_worker.http.api_models import (
     EmbeddingRequest,
     EmbeddingResponse,
     ErrorBody,
@@ -27,10 +36,7 @@ from embedfleet_worker.api_models import (
     TokenizeRequest,
     TokenizeResponse,
 )
-from embedfleet_worker.engine import EmbeddingResult
-from embedfleet_worker.engine_client import EngineClient
-from embedfleet_worker.errors import EmbeddingError, EngineUnavailableError, InvalidInputError
-from embedfleet_worker.http_errors import (
+from embedfleet_worker.http.errors import (
     CLIENT_CLOSED_REQUEST,
     ApiError,
     ClientDisconnected,
@@ -40,11 +46,9 @@ from embedfleet_worker.http_errors import (
     internal_error,
     validation_message,
 )
-from embedfleet_worker.http_guard import ApiGuard
-from embedfleet_worker.loop_monitor import watch_event_loop
-from embedfleet_worker.options import EmbedOptions
-from embedfleet_worker.tokenization import Input
-from embedfleet_worker.worker_state import WorkerState
+from embedfleet_worker.http.guard import ApiGuard
+from embedfleet_worker.http.loop_monitor import watch_event_loop
+from embedfleet_worker.http.worker_state import WorkerState
 
 log = logging.getLogger("embedfleet.worker")
 

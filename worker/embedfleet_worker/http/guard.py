@@ -16,8 +16,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from embedfleet_worker.http_errors import CLIENT_CLOSED_REQUEST, ClientDisconnected
-from embedfleet_worker.worker_state import WorkerState
+from embedfleet_worker.http.errors import CLIENT_CLOSED_REQUEST, ClientDisconnected
+from embedfleet_worker.http.worker_state import WorkerState
 
 log = logging.getLogger("embedfleet.access")
 

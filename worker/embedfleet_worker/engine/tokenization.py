@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from embedfleet_worker.errors import InputTooLongError, InvalidInputError
-from embedfleet_worker.options import EmbedOptions, effective_instruction, query_text
-from embedfleet_worker.pooling import PoolingMode
+from embedfleet_worker.engine.errors import InputTooLongError, InvalidInputError
+from embedfleet_worker.engine.options import EmbedOptions, effective_instruction, query_text
+from embedfleet_worker.engine.pooling import PoolingMode
 
 # Qwen3-Embedding's official tokenizer appends this token; last-token pooling reads it.
 QWEN_TERMINATOR = "<|endoftext|>"

@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from embedfleet_worker.pooling import PoolingMode
+from embedfleet_worker.engine.pooling import PoolingMode
 
 
 class EmbeddingRunner(Protocol):

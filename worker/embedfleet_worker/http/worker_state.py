@@ -12,12 +12,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from embedfleet_worker.connections import ConnectionLifetime, ConnectionTable
-from embedfleet_worker.engine import EngineConfig
-from embedfleet_worker.engine_client import EngineClient
-from embedfleet_worker.loader import ModelSpec
+from embedfleet_worker.engine.client import EngineClient
+from embedfleet_worker.engine.executor import EngineConfig
+from embedfleet_worker.engine.options import EmbedOptions
+from embedfleet_worker.http.connections import ConnectionLifetime, ConnectionTable
 from embedfleet_worker.metrics import WorkerMetrics
-from embedfleet_worker.options import EmbedOptions
+from embedfleet_worker.model.loader import ModelSpec
 from embedfleet_worker.settings import WorkerSettings
 
 log = logging.getLogger("embedfleet.worker")

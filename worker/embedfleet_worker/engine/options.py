@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from embedfleet_worker.errors import InvalidInputError
+from embedfleet_worker.engine.errors import InvalidInputError
 
 MIN_DIMENSIONS = 32
 

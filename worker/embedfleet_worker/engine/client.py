@@ -1,4 +1,4 @@
-"""The engine in its own process (`engine_process`), seen from the HTTP process's event loop:
+"""The engine in its own process (`engine.process`), seen from the HTTP process's event loop:
 starts it, tokenises each request here and sends the token ids over, and resolves the request's
 future from the answer. Reading the socket is a task on the event loop: no thread of this
 process waits on the engine."""
@@ -14,13 +14,13 @@ import socket
 from collections.abc import Callable, Sequence
 from multiprocessing.process import BaseProcess
 
-from embedfleet_worker import engine_wire as wire
-from embedfleet_worker.engine import EmbeddingResult, EngineConfig, EngineObserver
-from embedfleet_worker.engine_process import run_engine
-from embedfleet_worker.errors import EngineUnavailableError, InvalidInputError
-from embedfleet_worker.loader import LoadedEncoder, ModelSpec, load_encoder
-from embedfleet_worker.options import EmbedOptions
-from embedfleet_worker.tokenization import Input, InputEncoder, RequestEncoder
+from embedfleet_worker.engine import wire as wire
+from embedfleet_worker.engine.errors import EngineUnavailableError, InvalidInputError
+from embedfleet_worker.engine.executor import EmbeddingResult, EngineConfig, EngineObserver
+from embedfleet_worker.engine.options import EmbedOptions
+from embedfleet_worker.engine.process import run_engine
+from embedfleet_worker.engine.tokenization import Input, InputEncoder, RequestEncoder
+from embedfleet_worker.model.loader import LoadedEncoder, ModelSpec, load_encoder
 
 log = logging.getLogger("embedfleet.worker")
 

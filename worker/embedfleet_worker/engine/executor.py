@@ -5,7 +5,7 @@ batch planning, progress; pure); one compute thread runs the batches it plans an
 request's vectors, in input order, to its completion callback. A failing batch fails only the
 requests it held; an abandoned (cancelled) request is dropped before compute. `embed` is the
 in-process async form (tokenising first); the worker's HTTP process reaches an engine in its
-own process instead (`engine_process`)."""
+own process instead (`engine.process`)."""
 
 from __future__ import annotations
 
@@ -21,12 +21,16 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from embedfleet_worker.errors import BatchFailedError, EngineUnavailableError, InvalidInputError
-from embedfleet_worker.options import EmbedOptions
-from embedfleet_worker.pooling import finalize_rows
-from embedfleet_worker.runners.base import EmbeddingRunner, SteppedRunner
-from embedfleet_worker.scheduler import ScheduledRequest, Scheduler, SchedulerLimits
-from embedfleet_worker.tokenization import Input, InputEncoder, RequestEncoder
+from embedfleet_worker.engine.errors import (
+    BatchFailedError,
+    EngineUnavailableError,
+    InvalidInputError,
+)
+from embedfleet_worker.engine.options import EmbedOptions
+from embedfleet_worker.engine.pooling import finalize_rows
+from embedfleet_worker.engine.scheduler import ScheduledRequest, Scheduler, SchedulerLimits
+from embedfleet_worker.engine.tokenization import Input, InputEncoder, RequestEncoder
+from embedfleet_worker.model.runners.base import EmbeddingRunner, SteppedRunner
 
 Vectors = npt.NDArray[np.float32]
 

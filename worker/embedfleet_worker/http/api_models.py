@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from embedfleet_worker.options import InputType
+from embedfleet_worker.engine.options import InputType
 
 TokenIds = list[Annotated[StrictInt, Field(ge=0)]]
 EmbeddingInput = StrictStr | list[StrictStr] | TokenIds | list[TokenIds]

@@ -18,7 +18,7 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from embedfleet_worker.connections import ConnectionTable
+from embedfleet_worker.http.connections import ConnectionTable
 
 LINGER_SECONDS = 2.0
 

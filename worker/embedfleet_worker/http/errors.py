@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from embedfleet_worker.errors import (
+from embedfleet_worker.engine.errors import (
     BatchFailedError,
     EmbeddingError,
     EngineOverloadedError,

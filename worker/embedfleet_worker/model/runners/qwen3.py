@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from embedfleet_worker.pooling import PoolingMode, pool_packed
-from embedfleet_worker.runners.qwen3_ops import LayerOps, compile_available, rms_norm
+from embedfleet_worker.engine.pooling import PoolingMode, pool_packed
+from embedfleet_worker.model.runners.qwen3_ops import LayerOps, compile_available, rms_norm
 
 
 @dataclass(frozen=True)
@@ -273,7 +273,7 @@ class Qwen3Runner:
         the first request must not pay for either."""
         if self.device.type != "cuda":
             return
-        from embedfleet_worker.runners.qwen3_graphs import SmallBatchGraphs
+        from embedfleet_worker.model.runners.qwen3_graphs import SmallBatchGraphs
 
         with torch.inference_mode():
             self.embed([[1] * 300, [2] * 20])  # compiles the dynamic-shape kernels once

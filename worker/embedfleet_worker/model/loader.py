@@ -8,14 +8,14 @@ from typing import Literal
 
 import torch
 
-from embedfleet_worker.model_files import (
+from embedfleet_worker.engine.tokenization import InputEncoder, probe_template
+from embedfleet_worker.model.files import (
     ModelDescription,
     describe_model,
     fingerprint,
     resolve_model_dir,
 )
-from embedfleet_worker.runners.base import EmbeddingRunner
-from embedfleet_worker.tokenization import InputEncoder, probe_template
+from embedfleet_worker.model.runners.base import EmbeddingRunner
 
 DTypeName = Literal["auto", "bfloat16", "float16", "float32"]
 DeviceName = Literal["auto", "cuda", "cpu"]
@@ -123,12 +123,12 @@ def _build_runner(
         spec.runner == "auto" and description.model_type == "qwen3"
     )
     if use_qwen3:
-        from embedfleet_worker.runners.qwen3 import Qwen3Runner
+        from embedfleet_worker.model.runners.qwen3 import Qwen3Runner
 
         return Qwen3Runner.from_pretrained(
             description.path, device=device, dtype=dtype, fused_norms=spec.fused_norms
         )
-    from embedfleet_worker.runners.transformers_runner import TransformersRunner
+    from embedfleet_worker.model.runners.transformers_runner import TransformersRunner
 
     pad = getattr(tokenizer, "pad_token_id", None)
     return TransformersRunner.from_pretrained(

@@ -1,0 +1,1 @@
+"""The model: its files, loading, and the runners that compute hidden states."""
