@@ -202,10 +202,10 @@ async def sequential(base_url: str, texts: Sequence[str], interval_s: float = 0.
 
 async def mixed(
     base_url: str, stream: Sequence[Sequence[str]], concurrency: int, queries: Sequence[str],
-    interval_s: float,
+    interval_s: float, encoding: str = "base64",
 ) -> tuple[Run, Run]:  # fmt: skip
     """A passage stream and, while it runs, one query every `interval_s`."""
-    stream_task = asyncio.ensure_future(raw_requests(base_url, stream, concurrency, "base64"))
+    stream_task = asyncio.ensure_future(raw_requests(base_url, stream, concurrency, encoding))
     await asyncio.sleep(0.5)  # the stream is flowing
     query_run = Run()
     sent: list[asyncio.Future[None]] = []

@@ -12,6 +12,8 @@ given with --model-dir, and drives it over loopback from this separate process:
   passages   32 passages per request, 8 concurrent, `float` and `base64`
   latency    one 16-token query at a time
   mixed      a query every 20 ms during a passage stream
+  large      a query every 20 ms while four 2,048-query requests get `float` answers (not in
+             the default set: pass --workloads ...,large)
 
 Queries are 8-48 tokens and passages log-normal around 180 tokens (16-1024), made as in
 bench/engine.py. Then, with the server stopped, it runs bench/engine.py's matching workloads on
@@ -60,9 +62,11 @@ FIRST_SIZES = (16, 512, 2048, 8192)
 def sizes(quick: bool) -> dict[str, int]:
     if quick:
         return {"queries": 48, "concurrency": 16, "openai": 16, "queries32": 2, "passages": 2,
-                "latency": 8, "mixed_stream": 4, "mixed_queries": 8}  # fmt: skip
+                "latency": 8, "mixed_stream": 4, "mixed_queries": 8,
+                "large_inputs": 256}  # fmt: skip
     return {"queries": 4096, "concurrency": 128, "openai": 2048, "queries32": 128,
-            "passages": 64, "latency": 200, "mixed_stream": 64, "mixed_queries": 400}  # fmt: skip
+            "passages": 64, "latency": 200, "mixed_stream": 64, "mixed_queries": 400,
+            "large_inputs": 2048}  # fmt: skip
 
 
 def make_texts(tokenizer_dir: Path, seed: int, counts: dict[str, int]) -> dict[str, Any]:
@@ -148,6 +152,18 @@ async def drive(url: str, model: str, texts: dict[str, Any], n: dict[str, int],
             "stream_alone": stream_alone.summary(),
             "stream_mixed": stream_mixed.summary(),
         }
+    if "large" in workloads:  # big answers must not stall the queries beside them
+        lag_before = await load.loop_lag(url)
+        big = [queries[i % len(queries)] for i in range(n["large_inputs"])]
+        alone = await load.sequential(url, queries[: n["mixed_queries"] // 4], 0.020)
+        big_run, query_run = await load.mixed(url, [big] * 4, 1, queries, 0.020, "float")
+        lag_after = await load.loop_lag(url)
+        out["large"] = {
+            "query_alone": alone.summary(),
+            "query_mixed": query_run.summary(),
+            "large_float": big_run.summary(),
+            "loop_late_ticks": (lag_after[1] - lag_before[1]) if lag_before and lag_after else None,
+        }
     out["loop_lag_after"] = await load.loop_lag(url)
     return out
 
@@ -206,6 +222,12 @@ def ratios(http: dict[str, Any], engine: dict[str, Any]) -> list[tuple[str, str,
         late, samples = after[1] - before[1], after[0] - before[0]
         rows.append(("event loop: 50 ms ticks later than 10 ms", f"{late:.0f} of {samples:.0f}",
                      "", ""))  # fmt: skip
+    large = http.get("large")
+    if large:
+        rows.append(("large answers: query p99 ms (alone)",
+                     f"{_f(get(large, 'query_mixed', 'latency_ms', 'p99_ms'))} "
+                     f"({_f(get(large, 'query_alone', 'latency_ms', 'p99_ms'))})",
+                     "", f"{large.get('loop_late_ticks')} late ticks"))  # fmt: skip
     for size, first in http.get("first", {}).items():
         rows.append((f"first request, {size} tokens: first/later ms",
                      f"{first['first_ms']:.1f}/{first['later_ms']:.1f}", "",

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-import numpy as np
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -48,6 +45,7 @@ from embedfleet_worker.http.errors import (
 )
 from embedfleet_worker.http.guard import ApiGuard
 from embedfleet_worker.http.loop_monitor import watch_event_loop
+from embedfleet_worker.http.responses import embedding_body, embedding_chunks, is_large
 from embedfleet_worker.http.worker_state import WorkerState
 
 log = logging.getLogger("embedfleet.worker")
@@ -113,9 +111,13 @@ def create_app(state: WorkerState) -> FastAPI:
         result = await _until_disconnect(request, engine.embed(inputs, options))
         state.metrics.inputs.inc(len(inputs))
         state.metrics.input_tokens.inc(result.total_tokens)
-        return Response(
-            _embedding_body(result, name, body.encoding_format), media_type="application/json"
-        )
+        if not is_large(result.vectors):
+            return Response(
+                embedding_body(result.vectors, result.total_tokens, name, body.encoding_format),
+                media_type="application/json",
+            )
+        chunks = embedding_chunks(result.vectors, result.total_tokens, name, body.encoding_format)
+        return StreamingResponse(_yielding(chunks), media_type="application/json")
 
     @app.post("/tokenize", response_model=TokenizeResponse, responses=_ERRORS)
     async def tokenize(body: TokenizeRequest) -> TokenizeResponse:
@@ -210,24 +212,11 @@ async def _disconnected(request: Request) -> None:
             return
 
 
-def _embedding_body(result: EmbeddingResult, model: str, encoding: str) -> bytes:
-    """The response, serialised by orjson: float32 rows are written straight from the array
-    (shortest float32 repr), where the standard library would format each float in Python."""
-    vectors = np.ascontiguousarray(result.vectors, dtype="<f4")
-    if encoding == "base64":
-        embeddings: list[Any] = [base64.b64encode(row.tobytes()).decode() for row in vectors]
-    else:
-        embeddings = list(vectors)
-    body = {
-        "object": "list",
-        "data": [
-            {"object": "embedding", "index": i, "embedding": vector}
-            for i, vector in enumerate(embeddings)
-        ],
-        "model": model,
-        "usage": {"prompt_tokens": result.total_tokens, "total_tokens": result.total_tokens},
-    }
-    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+async def _yielding(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """Each chunk, with a turn for the rest of the event loop before the next."""
+    for chunk in chunks:
+        yield chunk
+        await asyncio.sleep(0)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
