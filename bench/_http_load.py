@@ -292,7 +292,7 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 def engine_child(pid: int) -> int | None:
-    """The worker's engine process: its multiprocessing spawn child."""
+    """The worker's engine process (its child `python -m embedfleet_worker.engine.process`)."""
     from pathlib import Path
 
     for entry in Path("/proc").iterdir():
@@ -303,6 +303,9 @@ def engine_child(pid: int) -> int | None:
             command = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in command:
+        if (
+            int(stat.rsplit(")", 1)[1].split()[1]) == pid
+            and b"embedfleet_worker.engine.process" in command
+        ):
             return int(entry.name)
     return None

@@ -19,9 +19,9 @@ from tests.worker.server_process import WorkerProcess, start_worker
 PASSAGE = "river mountain engine " * 60
 
 
-def engine_pid(worker: WorkerProcess) -> int:
-    """The server's engine child (multiprocessing's spawn child, not its resource tracker)."""
-    found = []
+def children(pid: int) -> dict[int, bytes]:
+    """The process's children and their command lines."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -30,9 +30,18 @@ def engine_pid(worker: WorkerProcess) -> int:
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == worker.process.pid and b"spawn_main" in command:
-            found.append(int(entry.name))
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found[int(entry.name)] = command
+    return found
+
+
+def engine_pid(worker: WorkerProcess) -> int:
+    """The server's engine child process."""
+    found = [
+        pid
+        for pid, command in children(worker.process.pid).items()
+        if b"embedfleet_worker.engine.process" in command
+    ]
     assert len(found) == 1, f"engine processes of {worker.process.pid}: {found}"
     return found[0]
 
@@ -94,11 +103,16 @@ def test_a_dead_engine_answers_its_requests_503_and_the_server_exits_1(tmp_path:
 def test_the_engine_process_ends_with_the_server(tmp_path: Path, how: signal.Signals) -> None:
     worker = start_worker(tmp_path)
     engine = engine_pid(worker)
+    # The engine is the server's only child (no helper such as multiprocessing's resource
+    # tracker that would outlive it).
+    assert list(children(worker.process.pid)) == [engine]
     try:
         assert httpx.post(worker.api_url + "/embeddings", json={"input": "hello"}).is_success
         worker.process.send_signal(how)
         code = worker.process.wait(60)
         assert code == (0 if how == signal.SIGTERM else -signal.SIGKILL)
+        if how == signal.SIGTERM:  # a drained server has stopped its engine before exiting
+            assert not alive(engine)
         # Killed outright, the server cannot tell its engine: the engine sees its socket close.
         wait_until(lambda: not alive(engine), 30, "the engine process to exit")
     finally:

@@ -9,16 +9,16 @@ import asyncio
 import dataclasses
 import itertools
 import logging
-import multiprocessing
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
-from multiprocessing.process import BaseProcess
 
 from embedfleet_worker.engine import wire as wire
 from embedfleet_worker.engine.errors import EngineUnavailableError, InvalidInputError
 from embedfleet_worker.engine.executor import EmbeddingResult, EngineConfig, EngineObserver
 from embedfleet_worker.engine.options import EmbedOptions
-from embedfleet_worker.engine.process import run_engine
 from embedfleet_worker.engine.tokenization import Input, InputEncoder, RequestEncoder
 from embedfleet_worker.model.loader import LoadedEncoder, ModelSpec, load_encoder
 
@@ -34,7 +34,7 @@ class EngineClient:
         self,
         front: LoadedEncoder,
         info: wire.EngineInfo,
-        process: BaseProcess,
+        process: subprocess.Popen[bytes],
         streams: tuple[asyncio.StreamReader, asyncio.StreamWriter],
         observer: EngineObserver,
         *,
@@ -70,15 +70,13 @@ class EngineClient:
         front = await asyncio.to_thread(load_encoder, spec)
         local = dataclasses.replace(spec, model=str(front.path), offline=True)
         ours, theirs = socket.socketpair()
-        # spawn, not fork: CUDA cannot be used in a forked child, and this process has threads.
-        process = multiprocessing.get_context("spawn").Process(
-            target=run_engine,
-            args=(theirs, local, config, log_level, stop_timeout),
-            name="embedfleet-engine",
-        )
-        await asyncio.to_thread(process.start)
+        # A fresh interpreter (not a fork: CUDA cannot run in a forked child, and this process
+        # has threads), started directly rather than by multiprocessing, whose resource-tracker
+        # process would outlive the worker for a moment after every exit.
+        process = await asyncio.to_thread(_spawn_engine, theirs)
         theirs.close()
         reader, writer = await asyncio.open_connection(sock=ours)
+        writer.write(wire.frame([("start", local, config, log_level, stop_timeout)]))
         try:
             first = await wire.read_frame(reader)
         except asyncio.CancelledError:  # the server stops while the model loads
@@ -86,9 +84,9 @@ class EngineClient:
             raise
         if first is None or first[0][0] != "ready":
             writer.close()
-            await asyncio.to_thread(process.join, 10)
+            code = await asyncio.to_thread(_wait, process, 10)
             if first is None:
-                raise EngineStartError(f"the engine process exited (code {process.exitcode})")
+                raise EngineStartError(f"the engine process exited (code {code})")
             raise EngineStartError(str(first[0][1]))
         info: wire.EngineInfo = first[0][1]
         client = cls(
@@ -134,11 +132,10 @@ class EngineClient:
         self._stopping = True
         if self._gone is None:
             self._writer.write(wire.frame([("stop",)]))
-        await asyncio.to_thread(self._process.join, drain_seconds + 5)
-        if self._process.is_alive():
+        if await asyncio.to_thread(_wait, self._process, drain_seconds + 5) is None:
             log.warning("engine process did not stop; killing it")
             self._process.kill()
-            await asyncio.to_thread(self._process.join, 5)
+            await asyncio.to_thread(_wait, self._process, 5)
         self._writer.close()
         self._request_encoder.close()
         await asyncio.gather(self._reading, return_exceptions=True)
@@ -147,14 +144,14 @@ class EngineClient:
         while (messages := await wire.read_frame(self._reader)) is not None:
             for message in messages:
                 self._dispatch(message)
-        await asyncio.to_thread(self._process.join, 5)
-        self._gone = f"the engine process exited (code {self._process.exitcode})"
+        code = await asyncio.to_thread(_wait, self._process, 5)
+        self._gone = f"the engine process exited (code {code})"
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(EngineUnavailableError(self._gone))
         self._pending.clear()
         if not self._stopping:
-            log.error("engine process exited", extra={"exit_code": self._process.exitcode})
+            log.error("engine process exited", extra={"exit_code": code})
             self._on_exit(self._gone)
 
     def _dispatch(self, message: wire.Message) -> None:
@@ -169,3 +166,23 @@ class EngineClient:
                 future.set_exception(message[2].exception())
         elif kind == "observe" and message[1] in wire.OBSERVER_HOOKS:
             getattr(self._observer, message[1])(*message[2])
+
+
+def _spawn_engine(sock: socket.socket) -> subprocess.Popen[bytes]:
+    """`python -m embedfleet_worker.engine.process FD`, holding our end of the socket pair as FD,
+    with this interpreter's import path (the worker may run from a checkout, not installed)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "embedfleet_worker.engine.process", str(sock.fileno())],
+        pass_fds=(sock.fileno(),),
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _wait(process: subprocess.Popen[bytes], seconds: float) -> int | None:
+    """The exit code, or None if it is still running after `seconds`."""
+    try:
+        return process.wait(seconds)
+    except subprocess.TimeoutExpired:
+        return None

@@ -14,6 +14,7 @@ import logging
 import queue
 import signal
 import socket
+import sys
 import threading
 import time
 from functools import partial
@@ -31,10 +32,20 @@ Outbox = queue.SimpleQueue[wire.Message | None]
 _WAKE: wire.Message = ("wake",)  # tells the sender a new queue depth waits; never sent
 
 
+def main() -> None:
+    """`python -m embedfleet_worker.engine.process FD`: FD is the engine's end of the socket pair;
+    its first frame says what to load."""
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    start = wire.receive_frame(sock)
+    if start is None or start[0][0] != "start":
+        sys.exit(2)  # the HTTP process went before it said what to load
+    _, spec, config, log_level, stop_timeout = start[0]
+    run_engine(sock, spec, config, log_level, stop_timeout)
+
+
 def run_engine(
     sock: socket.socket, spec: ModelSpec, config: EngineConfig, log_level: str, stop_timeout: float
 ) -> None:
-    """The process's entry point (multiprocessing's spawn target)."""
     # Signals are the HTTP process's to handle: a Ctrl-C or a SIGTERM sent to the whole process
     # group must not stop the engine while the HTTP process drains. The engine stops when told
     # to, or when its socket closes (the HTTP process is gone).
@@ -188,3 +199,7 @@ class _ForwardingObserver:
         with self._lock:
             depth, self._depth = self._depth, None
         return depth
+
+
+if __name__ == "__main__":
+    main()
