@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -95,28 +95,6 @@ class _Request(ScheduledRequest):
 
 
 Ticket = _Request  # what `submit` returns: something to `cancel()`
-
-
-@dataclass
-class _Launched:
-    """A batch queued on the device, its finalised vectors on their way to the host."""
-
-    batch: list[tuple[_Request, int]]
-    vectors: torch.Tensor  # host tensor; valid once `copied` has completed
-    copied: Any  # the CUDA event after the copy, or None on the CPU (already there)
-    started: float
-    tokens: int
-    nested: float  # seconds of interleaved query batches inside this one
-
-
-def _copy_to_host(rows: torch.Tensor) -> tuple[torch.Tensor, Any]:
-    rows = rows.float()
-    if not rows.is_cuda:
-        return rows, None
-    host = rows.to("cpu", non_blocking=True)  # into pinned memory, behind the batch's kernels
-    copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
-    copied.record()
-    return host, copied
 
 
 class EmbeddingEngine:
@@ -232,9 +210,7 @@ class EmbeddingEngine:
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
             if batch:
-                launched = self._launch(batch)
-                if launched is not None:
-                    self._finish(launched)
+                self._execute(batch)
 
     def _next_batch(self) -> list[tuple[_Request, int]] | None:
         """The next batch (waiting for one); None once stopping with nothing queued."""
@@ -267,36 +243,30 @@ class EmbeddingEngine:
         self.observer.on_queue_depth(*self._scheduler.depth)
         return taken.inputs
 
-    def _stepped(self, batch: list[tuple[_Request, int]]) -> bool:
-        tokens = sum(len(request.sequences[index]) for request, index in batch)
-        return tokens > self.config.interactive_batch_tokens and isinstance(
-            self.runner, SteppedRunner
-        )
-
-    def _launch(self, batch: list[tuple[_Request, int]]) -> _Launched | None:
-        """Queues the batch on the device (a bulk batch with a stepped runner runs here layer by
-        layer, waiting queries between its layers), its vectors finalised there for the whole
-        batch at once, and their copy to the host; None if it failed (and its requests with it).
+    def _execute(self, batch: list[tuple[_Request, int]]) -> None:
+        """Runs the batch (a bulk batch with a stepped runner layer by layer, waiting queries
+        between its layers), finalises its vectors on the device for the whole batch at once,
+        and completes the requests it ends.
 
         Launching the next batch before delivering this one was measured and dropped: query
         batches are bound by kernel launches on this thread, so it delayed every answer by one
         launch and halved the batches (H200, 4B, single queries over HTTP: 945 -> 632/s)."""
         sequences = [request.sequences[index] for request, index in batch]
+        tokens = sum(len(s) for s in sequences)
         started = time.perf_counter()
         nested = 0.0  # time spent on queries run between this batch's layers
         try:
             with torch.inference_mode():
-                if self._stepped(batch):
-                    assert isinstance(self.runner, SteppedRunner)
+                if tokens > self.config.interactive_batch_tokens and isinstance(
+                    self.runner, SteppedRunner
+                ):
                     forward = self.runner.start(sequences)
                     while not forward.step():
                         small = self._waiting_interactive_batch()
                         if small:
                             before = time.perf_counter()
                             self.interleaved_batches += 1
-                            launched = self._launch(small)
-                            if launched is not None:
-                                self._finish(launched)
+                            self._execute(small)
                             nested += time.perf_counter() - before
                     pooled = forward.result()
                 else:
@@ -305,27 +275,14 @@ class EmbeddingEngine:
                     pooled,
                     [(request.normalize, request.options.dimensions) for request, _ in batch],
                 )
-                host, copied = _copy_to_host(rows)
-        except Exception as error:
-            self._fail({request for request, _ in batch}, error)
-            self.busy_seconds += time.perf_counter() - started - nested
-            return None
-        tokens = sum(len(s) for s in sequences)
-        return _Launched(batch, host, copied, started, tokens, nested)
-
-    def _finish(self, launched: _Launched) -> None:
-        """Waits for the batch's vectors on the host and completes the requests it ends."""
-        batch = launched.batch
-        try:
-            if launched.copied is not None:
-                launched.copied.synchronize()
+                vectors = rows.float().cpu().numpy()
         except Exception as error:
             self._fail({request for request, _ in batch}, error)
             return
-        busy = time.perf_counter() - launched.started - launched.nested
-        self.busy_seconds += busy
-        self.observer.on_batch(len(batch), launched.tokens, busy)
-        vectors = launched.vectors.numpy()
+        finally:
+            busy = time.perf_counter() - started - nested
+            self.busy_seconds += busy
+        self.observer.on_batch(len(batch), tokens, busy)
         for row, (request, index) in enumerate(batch):
             if request.abandoned:
                 continue
