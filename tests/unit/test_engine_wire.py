@@ -9,8 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from embedfleet_worker.engine import errors
-from embedfleet_worker.engine import wire as wire
+from embedfleet_worker.engine import errors, wire
 from embedfleet_worker.engine.executor import EmbeddingResult
 from embedfleet_worker.engine.options import EmbedOptions
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 
-from embedfleet_worker.engine import wire as wire
+from embedfleet_worker.engine import wire
 from embedfleet_worker.engine.errors import EngineUnavailableError, InvalidInputError
 from embedfleet_worker.engine.executor import EmbeddingResult, EngineConfig, EngineObserver
 from embedfleet_worker.engine.options import EmbedOptions

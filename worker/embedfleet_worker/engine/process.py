@@ -10,7 +10,6 @@ engine core the same way."""
 from __future__ import annotations
 
 import gc
-import logging
 import queue
 import signal
 import socket
@@ -19,14 +18,12 @@ import threading
 import time
 from functools import partial
 
-from embedfleet_worker.engine import wire as wire
+from embedfleet_worker.engine import wire
 from embedfleet_worker.engine.errors import EmbeddingError
 from embedfleet_worker.engine.executor import EmbeddingEngine, EmbeddingResult, EngineConfig, Ticket
 from embedfleet_worker.engine.options import EmbedOptions
 from embedfleet_worker.logs import configure_logging
 from embedfleet_worker.model.loader import ModelSpec, load_model
-
-log = logging.getLogger("embedfleet.engine")
 
 Outbox = queue.SimpleQueue[wire.Message | None]
 _WAKE: wire.Message = ("wake",)  # tells the sender a new queue depth waits; never sent
@@ -88,7 +85,6 @@ def _load(
     engine.start()
     info = wire.EngineInfo(
         hidden_size=loaded.runner.hidden_size,
-        normalize_by_default=loaded.description.normalize_by_default,
         fingerprint=loaded.fingerprint,
         dtype_name=loaded.dtype_name,
         device=str(loaded.runner.device),
@@ -99,7 +95,7 @@ def _load(
 
 
 def _serve(sock: socket.socket, engine: EmbeddingEngine, outbox: Outbox, timeout: float) -> None:
-    tickets: dict[int, Ticket | None] = {}
+    tickets: dict[int, Ticket] = {}
     # Held while a request is admitted and filed, and while its completion unfiles it, so a
     # request that finishes at once is never left filed.
     lock = threading.Lock()
@@ -108,9 +104,8 @@ def _serve(sock: socket.socket, engine: EmbeddingEngine, outbox: Outbox, timeout
         messages = wire.receive_frame(sock)
         if messages is None:  # the HTTP process is gone: nobody waits for what is queued
             with lock:
-                for ticket in tickets.values():
-                    if ticket is not None:
-                        ticket.cancel()
+                for waiting in tickets.values():
+                    waiting.cancel()
             break
         for message in messages:
             if message[0] == "embed":
@@ -133,7 +128,7 @@ def _serve(sock: socket.socket, engine: EmbeddingEngine, outbox: Outbox, timeout
 
 def _reply(
     outbox: Outbox,
-    tickets: dict[int, Ticket | None],
+    tickets: dict[int, Ticket],
     lock: threading.Lock,
     request_id: int,
     result: EmbeddingResult | None,

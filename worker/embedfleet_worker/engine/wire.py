@@ -30,7 +30,6 @@ class EngineInfo:
     """What the HTTP process learns about the model once the engine has loaded it."""
 
     hidden_size: int
-    normalize_by_default: bool
     fingerprint: str
     dtype_name: str
     device: str
