@@ -225,17 +225,26 @@ async def mixed(
 async def loop_lag(base_url: str, threshold_s: float = 0.01) -> tuple[float, float] | None:
     """(samples, samples later than `threshold_s`) of the worker's event-loop lag histogram
     so far; None for a worker without it."""
-    async with aiohttp.ClientSession() as session, session.get(base_url + "/metrics") as r:
-        text = await r.text()
-    total = over_le = None
-    for line in text.splitlines():
-        if line.startswith("embedfleet_event_loop_lag_seconds_count"):
-            total = float(line.split()[-1])
-        elif line.startswith(f'embedfleet_event_loop_lag_seconds_bucket{{le="{threshold_s}"}}'):
-            over_le = float(line.split()[-1])
+    series = await asyncio.to_thread(scrape, base_url)
+    total = series.get("embedfleet_event_loop_lag_seconds_count")
+    over_le = series.get(f'embedfleet_event_loop_lag_seconds_bucket{{le="{threshold_s}"}}')
     if total is None or over_le is None:
         return None
     return total, total - over_le
+
+
+def scrape(base_url: str) -> dict[str, float]:
+    """The worker's /metrics now: each series (name with its labels) and its value."""
+    import urllib.request
+
+    with urllib.request.urlopen(base_url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
 
 
 FULL_GC = 'python_gc_collections_total{generation="2"}'  # the HTTP process's full collections
@@ -251,16 +260,8 @@ _ENGINE_SERIES = (
 
 def engine_counters(base_url: str) -> dict[str, float]:
     """The worker's engine counters now (busy seconds, batches, queue waits)."""
-    import urllib.request
-
-    with urllib.request.urlopen(base_url + "/metrics", timeout=10) as response:
-        text = response.read().decode()
-    values = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in _ENGINE_SERIES:
-            values[name] = float(value)
-    return values
+    series = scrape(base_url)
+    return {name: series[name] for name in _ENGINE_SERIES if name in series}
 
 
 def engine_activity(
