@@ -71,6 +71,21 @@ def test_invalid_limits_are_rejected() -> None:
             [q(1, *[100] * 50)], BatchPlan({1: 10}, 10, 1000), id="bulk alone uses the full budget"
         ),
         pytest.param(
+            [q(i, 40) for i in range(10)],
+            BatchPlan({i: 1 for i in range(10)}, 10, 400),
+            id="queries alone are not capped: one batch of all of them",
+        ),
+        pytest.param(
+            [q(1, *[100] * 50), *(q(i, 40) for i in range(2, 9))],
+            BatchPlan({i: 1 for i in range(2, 9)}, 7, 280),
+            id="queries past the cap leave no room for bulk",
+        ),
+        pytest.param(
+            [q(1, *[100] * 50), *(q(i, 40) for i in range(2, 40))],
+            BatchPlan({i: 1 for i in range(2, 27)}, 25, 1000),
+            id="queries are still bounded by the whole budget",
+        ),
+        pytest.param(
             [q(1, 40, 40), q(2, 300)],
             BatchPlan({1: 2, 2: 1}, 3, 380),
             id="no interactive request: plain round robin",

@@ -40,6 +40,8 @@ def test_admission_is_bounded_by_queued_tokens_but_an_empty_queue_takes_anything
         ([(1, 30, 30, 30), (2, 30)], False, [(1, 0), (2, 0), (1, 1)]),
         # A waiting query goes first and caps the batch at interactive_batch_tokens.
         ([(1, 30, 30, 30), (2, 10)], False, [(2, 0), (1, 0)]),
+        # Queries alone are not capped; bulk waits for the next batch.
+        ([(1, 30, 30), (2, 20), (3, 20), (4, 15)], False, [(2, 0), (3, 0), (4, 0)]),
         # Between a bulk batch's layers: queries only.
         ([(1, 30, 30, 30), (2, 10), (3, 15)], True, [(2, 0), (3, 0)]),
         # An input longer than the whole budget runs alone.

@@ -42,23 +42,44 @@ def plan_batch(
     interactive_batch_tokens: int | None = None,
 ) -> BatchPlan:
     """Interactive requests (at most `interactive_tokens` left, e.g. single queries) go first,
-    and while any waits the batch is capped at `interactive_batch_tokens`, so a query's batch
-    is short even when bulk inputs fill the rest of it."""
+    and while any waits, bulk inputs only fill the batch up to `interactive_batch_tokens`, so
+    a query's batch is short even when bulk inputs wait too. Queries themselves are not
+    capped: with only queries waiting, one batch of all of them answers each sooner than
+    several short batches in turn (measured: 128 concurrent single queries over HTTP ran in
+    batches of ~45 under a cap of 2,048 tokens, and the engine idled between them)."""
     if max_batch_tokens < 1 or max_batch_size < 1:
         raise ValueError("max_batch_tokens and max_batch_size must be positive")
     interactive = [r for r in queue if is_interactive(r.pending_tokens, interactive_tokens)]
-    if interactive and interactive_batch_tokens is not None:
-        bulk = [r for r in queue if not is_interactive(r.pending_tokens, interactive_tokens)]
-        queue = [*interactive, *bulk]
-        max_batch_tokens = min(max_batch_tokens, interactive_batch_tokens)
-    take: dict[int, int] = {}
-    tokens = inputs = 0
-    # Oldest request first; an input longer than the whole budget runs alone.
-    for request in queue:
-        if request.pending_tokens:
-            if request.pending_tokens[0] > max_batch_tokens:
-                return BatchPlan({request.request_id: 1}, 1, request.pending_tokens[0])
-            break
+    if not interactive or interactive_batch_tokens is None:
+        return _round_robin(queue, {}, 0, 0, max_batch_tokens, max_batch_size)
+    bulk = [r for r in queue if not is_interactive(r.pending_tokens, interactive_tokens)]
+    first = _round_robin(interactive, {}, 0, 0, max_batch_tokens, max_batch_size)
+    if not bulk:
+        return first
+    bulk_budget = min(max_batch_tokens, max(interactive_batch_tokens, first.num_tokens))
+    return _round_robin(
+        bulk, dict(first.take), first.num_inputs, first.num_tokens, bulk_budget, max_batch_size,
+        allow_alone=False,
+    )  # fmt: skip
+
+
+def _round_robin(
+    queue: Sequence[QueuedRequest],
+    take: dict[int, int],
+    inputs: int,
+    tokens: int,
+    max_batch_tokens: int,
+    max_batch_size: int,
+    *,
+    allow_alone: bool = True,
+) -> BatchPlan:
+    """Adds inputs to `take`, one per request in turn, oldest first, within the budget."""
+    if allow_alone:  # an input longer than the whole budget runs alone
+        for request in queue:
+            if request.pending_tokens:
+                if request.pending_tokens[0] > max_batch_tokens:
+                    return BatchPlan({request.request_id: 1}, 1, request.pending_tokens[0])
+                break
     blocked: set[int] = set()
     progressed = True
     while progressed and inputs < max_batch_size:

@@ -55,7 +55,7 @@ class EngineConfig:
     max_batch_size: int = 256
     max_queue_tokens: int = 1 << 20  # admission bound; beyond it requests get 429
     # Requests with at most this many tokens left (single queries) jump ahead, and while one
-    # waits batches are capped at interactive_batch_tokens so its latency stays low.
+    # waits bulk inputs fill its batch only up to interactive_batch_tokens (latency).
     interactive_tokens: int = 512
     interactive_batch_tokens: int = 2048
     tokenizer_threads: int = 2
@@ -208,12 +208,14 @@ class EmbeddingEngine:
 
     # ----------------------------------------------------------------------- compute thread
     def _run(self) -> None:
-        while (batch := self._next_batch()) is not None:
+        while (next_batch := self._next_batch()) is not None:
+            batch, queries_only = next_batch
             if batch:
-                self._execute(batch)
+                self._execute(batch, stepped=not queries_only)
 
-    def _next_batch(self) -> list[tuple[_Request, int]] | None:
-        """The next batch (waiting for one); None once stopping with nothing queued."""
+    def _next_batch(self) -> tuple[list[tuple[_Request, int]], bool] | None:
+        """The next batch (waiting for one) and whether it holds queries only; None once
+        stopping with nothing queued."""
         with self._cond:
             scheduler = self._scheduler
             while not scheduler.queue and not self._stopping:
@@ -221,12 +223,13 @@ class EmbeddingEngine:
             if scheduler.drop_abandoned():
                 self.observer.on_queue_depth(*scheduler.depth)
             if not scheduler.queue:
-                return None if self._stopping else []
+                return None if self._stopping else ([], False)
             # With a runner that pauses between layers, waiting queries run on their own
             # (small batches: CUDA graphs on a GPU) and bulk batches stay full size, since a
             # query arriving later is run between the bulk batch's layers.
             stepped = isinstance(self.runner, SteppedRunner)
-            return self._take(interactive_only=stepped and scheduler.has_interactive())
+            queries_only = stepped and scheduler.has_interactive()
+            return self._take(interactive_only=queries_only), queries_only
 
     def _waiting_interactive_batch(self) -> list[tuple[_Request, int]]:
         """Queries that arrived while a bulk batch runs: taken between its layers."""
@@ -243,10 +246,11 @@ class EmbeddingEngine:
         self.observer.on_queue_depth(*self._scheduler.depth)
         return taken.inputs
 
-    def _execute(self, batch: list[tuple[_Request, int]]) -> None:
-        """Runs the batch (a bulk batch with a stepped runner layer by layer, waiting queries
-        between its layers), finalises its vectors on the device for the whole batch at once,
-        and completes the requests it ends.
+    def _execute(self, batch: list[tuple[_Request, int]], *, stepped: bool) -> None:
+        """Runs the batch (a large bulk batch with a stepped runner layer by layer, waiting
+        queries between its layers; never a batch of queries, which the queries arriving
+        meanwhile would only delay), finalises its vectors on the device for the whole batch
+        at once, and completes the requests it ends.
 
         Launching the next batch before delivering this one was measured and dropped: query
         batches are bound by kernel launches on this thread, so it delayed every answer by one
@@ -257,8 +261,10 @@ class EmbeddingEngine:
         nested = 0.0  # time spent on queries run between this batch's layers
         try:
             with torch.inference_mode():
-                if tokens > self.config.interactive_batch_tokens and isinstance(
-                    self.runner, SteppedRunner
+                if (
+                    stepped
+                    and tokens > self.config.interactive_batch_tokens
+                    and isinstance(self.runner, SteppedRunner)
                 ):
                     forward = self.runner.start(sequences)
                     while not forward.step():
@@ -266,7 +272,7 @@ class EmbeddingEngine:
                         if small:
                             before = time.perf_counter()
                             self.interleaved_batches += 1
-                            self._execute(small)
+                            self._execute(small, stepped=False)
                             nested += time.perf_counter() - before
                     pooled = forward.result()
                 else:

@@ -41,7 +41,7 @@ class SchedulerLimits:
     max_batch_size: int
     max_queue_tokens: int  # admission bound; beyond it requests are refused (HTTP 429)
     # Requests with at most this many tokens left (single queries) jump ahead, and while one
-    # waits batches are capped at interactive_batch_tokens so its latency stays low.
+    # waits bulk inputs fill its batch only up to interactive_batch_tokens (latency).
     interactive_tokens: int
     interactive_batch_tokens: int
 
