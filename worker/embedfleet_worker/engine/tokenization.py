@@ -143,6 +143,10 @@ class InputEncoder:
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
         if self._rust is not None:  # the Rust tokenizer itself: no Python per call or token
+            if len(texts) <= _SEQUENTIAL_TEXTS:
+                # encode_batch hands even one text to its thread pool and blocks the caller
+                # (here: the event loop) until a pool thread has woken up and done it.
+                return [self._rust.encode(t, add_special_tokens=False).ids for t in texts]
             return [e.ids for e in self._rust.encode_batch(texts, add_special_tokens=False)]
         ids: list[list[int]] = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return ids
@@ -160,6 +164,9 @@ class InputEncoder:
                     param="input",
                 )
         return list(ids)
+
+
+_SEQUENTIAL_TEXTS = 8  # up to this many texts are tokenised one by one on the caller's thread
 
 
 class RequestEncoder:
@@ -183,7 +190,7 @@ class RequestEncoder:
 
 def _is_small(inputs: Sequence[Input]) -> bool:
     """A request cheap to tokenise: a few short inputs (roughly 4 characters per token)."""
-    if len(inputs) > 8:
+    if len(inputs) > _SEQUENTIAL_TEXTS:
         return False
     return sum(len(i) if isinstance(i, str) else len(i) * 4 for i in inputs) <= 8192
 

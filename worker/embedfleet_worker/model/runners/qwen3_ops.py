@@ -119,6 +119,13 @@ class LayerOps:
         options: dict[str, str | int | bool | Callable[..., Any]] = {
             "emulate_precision_casts": True
         }
+        if compiled:
+            import torch._inductor.config as inductor_config  # only where it compiles
+
+            # Compile in this process: a compile pool starts a process that forks a worker per
+            # core, and they import torch for seconds of CPU just as the worker starts serving
+            # (seen under load on an H200), then stay resident. The kernels are few and small.
+            inductor_config.compile_threads = 1
         wrap: Callable[[Any], Any] = (
             (lambda fn: torch.compile(fn, dynamic=True, fullgraph=True, options=options))
             if compiled
