@@ -52,6 +52,7 @@ class EngineClient:
         self._ids = itertools.count()
         self._stopping = False
         self._gone: str | None = None  # why the engine process is no longer there
+        self._outgoing: list[wire.Message] = []  # sent together at the end of this loop turn
         self._reading = asyncio.ensure_future(self._read())
 
     @classmethod
@@ -118,20 +119,32 @@ class EngineClient:
         request_id = next(self._ids)
         future: asyncio.Future[EmbeddingResult] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        self._writer.write(wire.frame([("embed", request_id, sequences, options)]))
+        self._send(("embed", request_id, sequences, options))
         try:
             return await future
         except asyncio.CancelledError:
             if self._pending.pop(request_id, None) is not None and self._gone is None:
-                self._writer.write(wire.frame([("cancel", request_id)]))
+                self._send(("cancel", request_id))
             raise
+
+    def _send(self, message: wire.Message) -> None:
+        """Queues a message for one frame per loop turn: under load the requests a turn
+        admits cost the loop one send and the engine one wake-up, not one each."""
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outgoing.append(message)
+
+    def _flush(self) -> None:
+        messages, self._outgoing = self._outgoing, []
+        if messages and not self._writer.is_closing():
+            self._writer.write(wire.frame(messages))
 
     async def stop(self, drain_seconds: float) -> None:
         """Lets the engine finish what it holds (bounded by `drain_seconds`), then ends its
         process."""
         self._stopping = True
         if self._gone is None:
-            self._writer.write(wire.frame([("stop",)]))
+            self._send(("stop",))
         if await asyncio.to_thread(_wait, self._process, drain_seconds + 5) is None:
             log.warning("engine process did not stop; killing it")
             self._process.kill()
