@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 from fastapi.responses import JSONResponse
+from starlette.responses import Response
 
 from embedfleet_worker.engine.errors import (
     BatchFailedError,
@@ -16,6 +18,8 @@ from embedfleet_worker.engine.errors import (
     InputTooLongError,
     InvalidInputError,
 )
+
+log = logging.getLogger("embedfleet.worker")
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's code for "the client went away before the answer"
 
@@ -120,3 +124,24 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     param = location[0] if location else None
     where = ".".join(location) or "body"
     return f"{where}: {first.get('msg', 'invalid value')}", param
+
+
+def invalid_body(errors: list[dict[str, Any]]) -> ApiError:
+    """A request body that is not JSON or does not fit the request model (pydantic's errors)."""
+    message, param = validation_message(errors)
+    return ApiError(
+        400, message, type_="invalid_request_error", code="invalid_request", param=param
+    )
+
+
+def response_for(error: Exception, request_id: str | None) -> Response:
+    """The answer to a failed request: the map above, 499 for a client that left (nobody reads
+    it; the access line records it), and an opaque 500 for anything unforeseen."""
+    if isinstance(error, EmbeddingError):
+        return from_engine_error(error)
+    if isinstance(error, ApiError):
+        return from_api_error(error)
+    if isinstance(error, ClientDisconnected):
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    log.error("unhandled error", exc_info=error, extra={"request_id": request_id})
+    return internal_error()

@@ -2,7 +2,8 @@
 drain refusal, API key, in-flight accounting, the request counters, and the connection rule
 (a response carries `Connection: close` when its connection has lived long enough, or the
 worker is draining; see connections.py). Probes (`/health`, `/ready`) and `/metrics` pass
-straight through."""
+straight through. Routes in `direct` (the hot path) are answered by their handler with the body
+read here, without FastAPI's layers."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,10 +30,20 @@ class BodyTooLarge(Exception):
     pass
 
 
+# A route served without FastAPI: (scope, the whole body, receive, send).
+DirectHandler = Callable[[Scope, bytes, Receive, Send], Awaitable[None]]
+
+
 class ApiGuard:
-    def __init__(self, app: ASGIApp, state: WorkerState) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        state: WorkerState,
+        direct: Mapping[tuple[str, str], DirectHandler] | None = None,
+    ) -> None:
         self.app = app
         self.state = state
+        self.direct = dict(direct or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(API_PREFIXES):
@@ -64,7 +76,11 @@ class ApiGuard:
             state.in_flight += 1
             try:
                 body = await _read_body(receive, state.settings.max_request_bytes)
-                await self.app(scope, _replay(body, receive), send_tracked)
+                handler = self.direct.get((scope["method"], scope["path"]))
+                if handler is not None:
+                    await handler(scope, body, receive, send_tracked)
+                else:
+                    await self.app(scope, _replay(body, receive), send_tracked)
             except BodyTooLarge:
                 await _send_error(send_tracked, *_too_large(state.settings.max_request_bytes))
             except ClientDisconnected:
