@@ -283,12 +283,13 @@ def engine_activity(
     }
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used (Linux /proc)."""
+def process_cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU seconds a process (or one of its threads) has used (Linux /proc)."""
     import os
     from pathlib import Path
 
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

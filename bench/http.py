@@ -18,8 +18,10 @@ given with --model-dir, and drives it over loopback from this separate process:
 Queries are 8-48 tokens and passages log-normal around 180 tokens (16-1024), made as in
 bench/engine.py. Then, with the server stopped, it runs bench/engine.py's matching workloads on
 the same architecture in the same run and prints the HTTP/engine ratios. The concurrent loads
-come from --client-processes processes (default 4), so one Python client's CPU is not what is
-measured; each run reports its busiest client process's CPU share.
+come from --client-processes processes (default 4; three times as many for the openai client,
+which spends milliseconds of CPU per request), so one Python client's CPU is not what is
+measured; each run reports its busiest client process's CPU share, and the share of a core the
+server's event loop (its main thread) used.
 
     PYTHONPATH=worker:. python3 bench/http.py --model 4b --tokenizer <qwen3-dir> --json out.json
     PYTHONPATH=worker:. .venv/bin/python bench/http.py --quick     # CPU smoke, MiniLM, ~1 min
@@ -94,15 +96,17 @@ async def drive(url: str, model: str, texts: dict[str, Any], n: dict[str, int],
 
     engine_pid = load.engine_child(server_pid)
 
-    def cpu() -> tuple[float, float]:
+    def cpu() -> tuple[float, float, float]:
         engine = load.process_cpu_seconds(engine_pid) if engine_pid else 0.0
-        return load.process_cpu_seconds(server_pid), engine
+        loop = load.process_cpu_seconds(server_pid, thread=server_pid)
+        return load.process_cpu_seconds(server_pid), engine, loop
 
     def spread(kind: str, requests: list[list[str]], concurrency: int, extra: str) -> Any:
-        """A load from `clients` processes, with what the engine did meanwhile and the CPU time
-        the worker's two processes spent per request."""
+        """A load from `clients` processes (3x for the openai client), with what the engine did
+        meanwhile and the CPU time the worker's two processes spent per request."""
         before, cpu_before = load.engine_counters(url), cpu()
-        run = load.spread(kind, url, requests, concurrency, min(clients, concurrency), (extra,))
+        processes = min(clients * (3 if kind == "openai" else 1), concurrency)
+        run = load.spread(kind, url, requests, concurrency, processes, (extra,))
         cpu_after = cpu()
         summary = run.summary()
         summary["engine"] = load.engine_activity(before, load.engine_counters(url), run.wall_s)
@@ -113,6 +117,7 @@ async def drive(url: str, model: str, texts: dict[str, Any], n: dict[str, int],
         summary["engine_process_cpu_ms_per_request"] = round(
             1000 * (cpu_after[1] - cpu_before[1]) / served, 3
         )
+        summary["http_loop_cpu_share"] = round((cpu_after[2] - cpu_before[2]) / run.wall_s, 3)
         return summary
 
     out["loop_lag_before"] = await load.loop_lag(url)
@@ -242,7 +247,8 @@ def _load_note(run: dict[str, Any] | None) -> str:
     engine = run.get("engine", {})
     return (f"client cpu {run.get('client_cpu')}, engine busy {engine.get('busy_share')}"
             f" batch {engine.get('mean_batch_inputs')}, http cpu/req"
-            f" {run.get('http_process_cpu_ms_per_request')} ms")  # fmt: skip
+            f" {run.get('http_process_cpu_ms_per_request')} ms, loop cpu"
+            f" {run.get('http_loop_cpu_share')}")  # fmt: skip
 
 
 def _f(value: float | None) -> str:
@@ -313,6 +319,7 @@ def main() -> int:
                     "--rate",
                     "200",
                     "--subprocesses",  # the engine process too
+                    "--nonblocking",  # sample without pausing the server
                     "--threads",
                     "--format",
                     "raw",
