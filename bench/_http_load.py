@@ -204,22 +204,36 @@ async def mixed(
     base_url: str, stream: Sequence[Sequence[str]], concurrency: int, queries: Sequence[str],
     interval_s: float, encoding: str = "base64",
 ) -> tuple[Run, Run]:  # fmt: skip
-    """A passage stream and, while it runs, one query every `interval_s`."""
-    stream_task = asyncio.ensure_future(raw_requests(base_url, stream, concurrency, encoding))
-    await asyncio.sleep(0.5)  # the stream is flowing
-    query_run = Run()
-    sent: list[asyncio.Future[None]] = []
-    async with aiohttp.ClientSession() as session:
-        started = time.perf_counter()
-        for index, text in enumerate(queries):
-            if stream_task.done():
-                break
-            await asyncio.sleep(max(0.0, started + index * interval_s - time.perf_counter()))
-            query = post(session, base_url + "/v1/embeddings", [text], "float", query_run)
-            sent.append(asyncio.ensure_future(query))
-        await asyncio.gather(*sent)
-        query_run.wall_s = time.perf_counter() - started
-    return await stream_task, query_run
+    """A passage stream and, while it runs, one query every `interval_s`. The stream comes from
+    a process of its own: reading its answers (a 2,048-vector `float` answer is 56 MB of JSON,
+    about a second of a client's CPU) must not stop the clock of the queries beside it."""
+    loop = asyncio.get_running_loop()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        await loop.run_in_executor(pool, time.sleep, 0.0)  # up and imported
+        stream_task = loop.run_in_executor(
+            pool, _raw_in_process, base_url, [list(s) for s in stream], concurrency, encoding
+        )
+        await asyncio.sleep(0.5)  # the stream is flowing
+        query_run = Run()
+        sent: list[asyncio.Future[None]] = []
+        async with aiohttp.ClientSession() as session:
+            started = time.perf_counter()
+            for index, text in enumerate(queries):
+                if stream_task.done():
+                    break
+                await asyncio.sleep(max(0.0, started + index * interval_s - time.perf_counter()))
+                query = post(session, base_url + "/v1/embeddings", [text], "float", query_run)
+                sent.append(asyncio.ensure_future(query))
+            await asyncio.gather(*sent)
+            query_run.wall_s = time.perf_counter() - started
+        return await stream_task, query_run
+
+
+def _raw_in_process(
+    base_url: str, requests: list[list[str]], concurrency: int, encoding: str
+) -> Run:
+    return asyncio.run(raw_requests(base_url, requests, concurrency, encoding))
 
 
 async def loop_lag(base_url: str, threshold_s: float = 0.01) -> tuple[float, float] | None:

@@ -66,7 +66,7 @@ def sizes(quick: bool) -> dict[str, int]:
         return {"queries": 48, "concurrency": 16, "openai": 16, "queries32": 2, "passages": 2,
                 "latency": 8, "mixed_stream": 4, "mixed_queries": 8,
                 "large_inputs": 256}  # fmt: skip
-    return {"queries": 4096, "concurrency": 128, "openai": 2048, "queries32": 128,
+    return {"queries": 4096, "concurrency": 128, "openai": 4096, "queries32": 128,
             "passages": 64, "latency": 200, "mixed_stream": 64, "mixed_queries": 400,
             "large_inputs": 2048}  # fmt: skip
 
