@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from embedfleet_worker.model.runners.qwen3 import Qwen3Runner
+from embedfleet_worker.model.runners.qwen3 import Qwen3Runner, padded_heads, padded_length
 from tests.modelzoo import minilm_dir
 
 EOS = 151643  # <|endoftext|>: Qwen3-Embedding pools the hidden state at this appended token
@@ -156,3 +156,25 @@ def test_input_validation(runner: Qwen3Runner) -> None:
         runner.embed([[1, runner.shape.vocab_size]])
     with pytest.raises(ValueError, match="outside the vocabulary"):
         runner.embed([[-1, 5]])
+
+
+@pytest.mark.parametrize(("length", "padded"), [(100, 128), (1024, 1024), (1, 64)])
+def test_end_padding_leaves_causal_attention_exact(length: int, padded: int) -> None:
+    """Long sequences on a GPU are padded to a few lengths (one cuDNN plan each): the rows of
+    the real positions must not change, since none of them attends to a later position."""
+    generator = torch.Generator().manual_seed(length)
+    q, k, v = (torch.randn(length, heads, 16, generator=generator) for heads in (4, 2, 2))
+    plain = torch.nn.functional.scaled_dot_product_attention(
+        *(t.transpose(0, 1)[None] for t in (q, k, v)), is_causal=True, enable_gqa=True
+    )
+    padded_out = torch.nn.functional.scaled_dot_product_attention(
+        *(padded_heads(t, padded) for t in (q, k, v)), is_causal=True, enable_gqa=True
+    )
+    assert padded_out.shape == (1, 4, padded, 16)
+    torch.testing.assert_close(padded_out[:, :, :length], plain, rtol=1e-5, atol=1e-5)
+
+
+def test_padded_lengths_are_few() -> None:
+    assert [padded_length(n) for n in (4096, 4097, 5000, 8192, 40960)] == [
+        4096, 5120, 5120, 8192, 40960,
+    ]  # fmt: skip

@@ -128,6 +128,15 @@ def _load_weights(
 
 
 LONG_SEQUENCE = 4096  # from here on, per-sequence SDPA (cuDNN/flash) beats FA2 varlen
+# cuDNN builds an attention plan for each new sequence length (48-68 ms on an H200, once 765 ms),
+# so long sequences are padded at the end to a multiple of this and the plans for those lengths
+# are built before Ready. Causal attention makes the padding exact: no real position attends to
+# a later one. (FlashAttention needs no plan, but at 8K/32K tokens it takes 1.9x/2x cuDNN's time.)
+LONG_SEQUENCE_STEP = 1024
+
+
+def padded_length(length: int) -> int:
+    return -(-length // LONG_SEQUENCE_STEP) * LONG_SEQUENCE_STEP
 
 
 def _preferred_sdpa_backends(device: torch.device) -> contextlib.AbstractContextManager[None]:
@@ -280,7 +289,25 @@ class Qwen3Runner:
             # The long-sequence path (per-sequence SDPA) has its own layouts, so its first use
             # recompiled (1.3 s for a fresh worker's first 8K input): pay it here instead.
             self.embed([[3] * LONG_SEQUENCE])
+            self._build_long_attention_plans()
             self.graphs = SmallBatchGraphs(self)
+
+    def _build_long_attention_plans(self) -> None:
+        """One attention call per padded long length up to max_positions (about 1.5 s for
+        Qwen3's 40,960), so no request pays for building cuDNN's plan for its length."""
+        s = self.shape
+        for padded in range(LONG_SEQUENCE, padded_length(s.max_positions) + 1, LONG_SEQUENCE_STEP):
+            q = torch.zeros(
+                1, s.num_heads, padded, s.head_dim, device=self.device, dtype=self.dtype
+            )
+            kv = torch.zeros(
+                1, s.num_kv_heads, padded, s.head_dim, device=self.device, dtype=self.dtype
+            )
+            with _preferred_sdpa_backends(self.device):
+                F.scaled_dot_product_attention(
+                    q, kv, kv, is_causal=True, scale=self.scale, enable_gqa=True
+                )
+        torch.cuda.synchronize(self.device)
 
     def _layer(self, w: MutableMapping[str, torch.Tensor], p: str) -> _Layer:
         a = p + "self_attn."
@@ -401,13 +428,26 @@ class Qwen3Runner:
             )  # fmt: skip
             return cast(torch.Tensor, result[0])
         outputs = []
+        pad = q.device.type == "cuda"
         for start, end in itertools.pairwise(itertools.accumulate(lengths, initial=0)):
             # [1, heads, len, head_dim] per sequence; is_causal masks within it only. On a
             # GPU this picks cuDNN or flash attention, faster than FA2 varlen on long inputs.
-            qs, ks, vs = (t[start:end].transpose(0, 1)[None] for t in (q, k, v))
+            if pad and end - start >= LONG_SEQUENCE:
+                padded = padded_length(end - start)
+                qs, ks, vs = (padded_heads(t[start:end], padded) for t in (q, k, v))
+            else:
+                qs, ks, vs = (t[start:end].transpose(0, 1)[None] for t in (q, k, v))
             with _preferred_sdpa_backends(q.device):
                 out = F.scaled_dot_product_attention(
                     qs, ks, vs, is_causal=True, scale=self.scale, enable_gqa=True
                 )
-            outputs.append(out[0].transpose(0, 1))
+            outputs.append(out[0, :, : end - start].transpose(0, 1))
         return torch.cat(outputs)
+
+
+def padded_heads(rows: torch.Tensor, padded: int) -> torch.Tensor:
+    """[len, heads, head_dim] as a contiguous [1, heads, padded, head_dim], zeros after len: the
+    layout the plans were built for, whatever the length."""
+    out = rows.new_zeros(1, rows.shape[1], padded, rows.shape[2])
+    out[0, :, : rows.shape[0]] = rows.transpose(0, 1)
+    return out
