@@ -26,6 +26,9 @@ AGE_ONLY = ConnectionLifetime(max_age_seconds=10.0)
         ("request bound reached", RULE, 1.0, 0.1, 8, 1, True),
         ("request bound not yet reached", RULE, 1.0, 0.1, 7, 1, False),
         ("request bound jittered down", RULE, 0.8, 0.1, 7, 1, True),  # 8 * 0.8 = 6.4
+        ("up to 8 connections, the bound as set", RULE, 1.0, 0.1, 8, 8, True),
+        ("16 connections double the request bound", RULE, 1.0, 0.1, 15, 16, False),
+        ("16 connections: doubled bound reached", RULE, 1.0, 0.1, 16, 16, True),
         ("no request bound", AGE_ONLY, 1.0, 0.1, 10_000, 1, False),
         ("age bound off, requests on", ConnectionLifetime(0, 3), 1.0, 1e9, 2, 1, False),
         ("at least one request always", ConnectionLifetime(0, 1), 0.8, 0.0, 1, 1, True),
@@ -53,7 +56,8 @@ def test_each_connection_draws_its_share_below_the_bounds(draw: float) -> None:
 
 @pytest.mark.parametrize(
     "kwargs", [{"max_age_seconds": -1}, {"max_age_seconds": 1, "max_requests": -1},
-               {"max_age_seconds": 1, "jitter": 1.0}, {"max_age_seconds": 1, "floor_fraction": 0}]
+               {"max_age_seconds": 1, "jitter": 1.0}, {"max_age_seconds": 1, "floor_fraction": 0},
+               {"max_age_seconds": 1, "requests_scale_from": 0}]
 )  # fmt: skip
 def test_invalid_rules_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="must be"):

@@ -11,7 +11,11 @@ Two bounds, whichever comes first:
   drew more than its share recycles them faster than the others and the fleet converges;
 - requests: at most `max_requests` on one connection. A lightly loaded pooled client (the
   openai SDK's) sends nearly all its requests over its first idle connection, one at a time,
-  so requests move between pods only as often as that one connection is renewed.
+  so requests move between pods only as often as that one connection is renewed. Past
+  `requests_scale_from` client connections the bound grows in proportion: a worker holding
+  many connections gets each client's requests over many of them, and the age bound renews
+  them; a reconnect every few requests cost such a worker a fifth of its event loop (128
+  concurrent single queries; see BENCHMARKS.md).
 bench/connection_sim.py runs this rule against the SDK's pool model and kube-proxy's random
 placement. Each connection's bounds are drawn once, up to `jitter` below the configured
 values, so a fleet's clients do not reconnect in lockstep.
@@ -31,12 +35,15 @@ class ConnectionLifetime:
     max_requests: int = 0  # 0: no request bound
     jitter: float = 0.2
     floor_fraction: float = 0.2
+    requests_scale_from: int = 8  # client connections
 
     def __post_init__(self) -> None:
         if self.max_age_seconds < 0 or self.max_requests < 0:
             raise ValueError("max_age_seconds and max_requests must be >= 0")
         if not 0 <= self.jitter < 1 or not 0 < self.floor_fraction <= 1:
             raise ValueError("jitter must be in [0, 1) and floor_fraction in (0, 1]")
+        if self.requests_scale_from < 1:
+            raise ValueError("requests_scale_from must be >= 1")
 
     def share(self, draw: float) -> float:
         """One connection's own part of the bounds for `draw` in [0, 1): (1 - jitter) to 1."""
@@ -48,9 +55,15 @@ class ConnectionLifetime:
         budget = self.max_age_seconds * share
         return max(self.floor_fraction * budget, budget / max(1, open_connections))
 
+    def request_limit(self, share: float, open_connections: int) -> float:
+        """The requests after which a connection closes while the worker holds
+        `open_connections` client connections."""
+        scale = max(1.0, open_connections / self.requests_scale_from)
+        return max(1.0, self.max_requests * share * scale)
+
     def expired(self, share: float, age: float, requests: int, open_connections: int) -> bool:
         """Whether a connection of this age that has now carried `requests` requests closes."""
-        if self.max_requests and requests >= max(1.0, self.max_requests * share):
+        if self.max_requests and requests >= self.request_limit(share, open_connections):
             return True
         return self.max_age_seconds > 0 and age >= self.age_limit(share, open_connections)
 
