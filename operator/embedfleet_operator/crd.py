@@ -116,8 +116,8 @@ def _engine() -> Schema:
                 0,
                 1_000_000,
                 default=4,
-                description="...or once it has carried this many requests (jittered). "
-                "0: no request bound.",
+                description="...or once it has carried this many requests (jittered; in "
+                "proportion more past 8 client connections on the worker). 0: no request bound.",
             ),
         },
         default={},
