@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shutil
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 
 from embedfleet_worker import __version__
 
@@ -24,14 +28,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if args and args[0] == "serve":
-        # Imported here so `--version` stays instant (no torch import).
-        from embedfleet_worker.http.server import serve
         from embedfleet_worker.settings import parse_settings
 
-        return serve(parse_settings(args[1:]))
+        settings = parse_settings(args[1:])
+        with _shared_metrics(settings.api_processes):
+            # Imported here so `--version` stays instant (no torch import), and after the
+            # metrics mode is set (prometheus_client reads it once, on import).
+            from embedfleet_worker.http.server import serve
+
+            return serve(settings)
     parser.parse_args(args)
     parser.print_help()
     return 2
+
+
+@contextlib.contextmanager
+def _shared_metrics(api_processes: int) -> Iterator[None]:
+    """With several API processes, a folder for prometheus_client's multiprocess mode (the
+    further processes inherit it), removed when the worker exits."""
+    if api_processes == 1 or "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="embedfleet-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

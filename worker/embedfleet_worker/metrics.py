@@ -1,9 +1,15 @@
 """The worker's Prometheus metrics: the one place their names live (DESIGN.md's table is the
-contract the autoscaler reads). Each server owns its registry, so tests can run several."""
+contract the autoscaler reads). Each server owns its registry, so tests can run several.
+
+With several API processes (`--api-processes`) prometheus_client runs in multiprocess mode
+(`PROMETHEUS_MULTIPROC_DIR`, set before it is imported): every process writes its values to
+files in that folder and a scrape of any of them reads them all, so it does not matter which
+process a scrape reaches. The connection counts are copied there once a second."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +23,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from embedfleet_worker.http.connections import ConnectionTable
@@ -42,6 +49,8 @@ EVENT_LOOP_LAG = "embedfleet_event_loop_lag_seconds"
 # `*_created` series double the scrape size and nothing here reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
+MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")  # read once, as the library does
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 _TOKEN_BUCKETS = tuple(float(2**i) for i in range(4, 16))
@@ -52,12 +61,22 @@ class WorkerMetrics:
     """Implements the engine's observer hooks and the HTTP layer's counters."""
 
     def __init__(
-        self, connections: ConnectionTable | None = None, registry: CollectorRegistry | None = None
+        self,
+        connections: ConnectionTable | None = None,
+        registry: CollectorRegistry | None = None,
+        *,
+        process_pid: int | None = None,  # whose process metrics to export (None: this one)
     ) -> None:
         self.registry = registry or CollectorRegistry()
-        r = self.registry
-        if connections is not None:
-            r.register(ConnectionCollector(connections))
+        # Multiprocess mode: the values live in the shared files, which the registry reads.
+        r = None if MULTIPROCESS_DIR else self.registry
+        if MULTIPROCESS_DIR:
+            MultiProcessCollector(self.registry, MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
+        self._connections: ConnectionCounters | None = None
+        if connections is not None and MULTIPROCESS_DIR:
+            self._connections = ConnectionCounters(connections)
+        elif connections is not None:
+            self.registry.register(ConnectionCollector(connections))
         # prometheus_client appends `_total` to counters itself.
         self.requests = Counter(
             REQUESTS_TOTAL.removesuffix("_total"),
@@ -87,8 +106,13 @@ class WorkerMetrics:
         self.batch_size = Histogram(
             BATCH_SIZE, "Inputs per executed batch.", buckets=_SIZE_BUCKETS, registry=r
         )
-        self.queue_tokens = Gauge(QUEUE_TOKENS, "Tokens waiting now.", registry=r)
-        self.queue_requests = Gauge(QUEUE_REQUESTS, "Requests waiting now.", registry=r)
+        # Set by the main API process only (the engine reports to it): the others' stay 0.
+        self.queue_tokens = Gauge(
+            QUEUE_TOKENS, "Tokens waiting now.", registry=r, multiprocess_mode="livesum"
+        )
+        self.queue_requests = Gauge(
+            QUEUE_REQUESTS, "Requests waiting now.", registry=r, multiprocess_mode="livesum"
+        )
         self.engine_busy = Counter(
             ENGINE_BUSY.removesuffix("_total"),
             "Seconds the model was computing; its rate is the engine's utilisation.",
@@ -105,13 +129,24 @@ class WorkerMetrics:
             "The loaded model (value 1).",
             ["model", "revision", "dtype", "fingerprint"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         with contextlib.suppress(Exception):  # no NVML: the GPU gauges are simply absent
-            r.register(GpuCollector.create())
-        # process_start_time_seconds lets the autoscaler tell a restart from a quiet tick.
-        ProcessCollector(registry=r)
-        # python_gc_collections_total{generation}: full collections stall the event loop.
-        GCCollector(registry=r)
+            self.registry.register(GpuCollector.create())
+        # process_start_time_seconds lets the autoscaler tell a restart from a quiet tick: the
+        # main API process's in every process, whichever a scrape reaches.
+        ProcessCollector(
+            pid=(lambda: "self") if process_pid is None else (lambda: process_pid),
+            registry=self.registry,
+        )
+        # python_gc_collections_total{generation}: full collections stall the event loop (of
+        # the process the scrape reached).
+        GCCollector(registry=self.registry)
+
+    def sync_connections(self) -> None:
+        """Multiprocess mode: copies this process's connection counts to the shared files."""
+        if self._connections is not None:
+            self._connections.sync()
 
     # EngineObserver -------------------------------------------------------------------
     def on_batch(self, num_inputs: int, num_tokens: int, busy_seconds: float) -> None:
@@ -150,6 +185,38 @@ class ConnectionCollector(Collector):
             "Open connections that carry API requests.",
             value=t.api_connections,
         )
+
+
+class ConnectionCounters:
+    """The connection table's counts as multiprocess-mode series (ConnectionCollector's)."""
+
+    def __init__(self, table: ConnectionTable) -> None:
+        self._table = table
+        self._opened = Counter(
+            CONNECTIONS_OPENED.removesuffix("_total"),
+            "TCP connections accepted (probes and scrapes included).",
+            registry=None,
+        )
+        self._recycled = Counter(
+            CONNECTIONS_RECYCLED.removesuffix("_total"),
+            "Client connections this worker closed between requests (age bound or drain).",
+            registry=None,
+        )
+        self._clients = Gauge(
+            CLIENT_CONNECTIONS,
+            "Open connections that carry API requests.",
+            registry=None,
+            multiprocess_mode="livesum",
+        )
+        self._copied = (0, 0)
+
+    def sync(self) -> None:
+        t = self._table
+        opened, recycled = self._copied
+        self._opened.inc(t.opened_total - opened)
+        self._recycled.inc(t.recycled_total - recycled)
+        self._copied = (t.opened_total, t.recycled_total)
+        self._clients.set(t.api_connections)
 
 
 class GpuCollector(Collector):

@@ -38,7 +38,9 @@ class WorkerSettings:
     max_connection_age_seconds: float = 5.0
     max_connection_requests: int = 4
     keep_alive_timeout_seconds: int = 120
+    api_processes: int = 1  # HTTP processes sharing the port and the one engine process
     log_level: str = "info"
+    argv: tuple[str, ...] = ()  # the flags as given, for the further API processes
 
 
 def _positive(value: str) -> int:
@@ -109,6 +111,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="idle time before the worker closes a connection; above client pool expiry "
         "(httpx/openai 5 s, aiohttp 15 s, Go 90 s) so the client, not the server, ends it",
     )  # fmt: skip
+    add(
+        "--api-processes", type=_positive, default=1,
+        help="HTTP processes sharing the port and the one engine process (parsing, "
+        "tokenising and writing answers in parallel; vLLM's --api-server-count)",
+    )  # fmt: skip
     add("--log-level", choices=["debug", "info", "warning", "error"], default="info")
 
 
@@ -145,4 +152,4 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
     parser.set_defaults(**environment_defaults(parser, os.environ if environ is None else environ))
     args = vars(parser.parse_args(argv))
     args["served_model_names"] = tuple(args["served_model_names"] or ())
-    return WorkerSettings(**args)
+    return WorkerSettings(**args, argv=tuple(argv))

@@ -34,7 +34,7 @@ class EngineClient:
         self,
         front: LoadedEncoder,
         info: wire.EngineInfo,
-        process: subprocess.Popen[bytes],
+        process: subprocess.Popen[bytes] | None,  # None: attached to another's engine
         streams: tuple[asyncio.StreamReader, asyncio.StreamWriter],
         observer: EngineObserver,
         *,
@@ -53,6 +53,7 @@ class EngineClient:
         self._stopping = False
         self._gone: str | None = None  # why the engine process is no longer there
         self._outgoing: list[wire.Message] = []  # sent together at the end of this loop turn
+        self.spare_sockets: list[socket.socket] = []  # engine connections for API processes
         self._reading = asyncio.ensure_future(self._read())
 
     @classmethod
@@ -65,18 +66,22 @@ class EngineClient:
         log_level: str,
         stop_timeout: float,
         on_exit: Callable[[str], None],
+        api_processes: int = 1,
     ) -> EngineClient:
         """Loads the encoder here and the model in a new process; returns once both are ready.
-        A hub id is resolved (downloaded) once, here; the engine loads the local folder."""
+        A hub id is resolved (downloaded) once, here; the engine loads the local folder. With
+        several API processes the engine also serves one connection for each of the others:
+        their ends are in `spare_sockets`."""
         front = await asyncio.to_thread(load_encoder, spec)
         local = dataclasses.replace(spec, model=str(front.path), offline=True)
-        ours, theirs = socket.socketpair()
+        pairs = [socket.socketpair() for _ in range(api_processes)]
         # A fresh interpreter (not a fork: CUDA cannot run in a forked child, and this process
         # has threads), started directly rather than by multiprocessing, whose resource-tracker
         # process would outlive the worker for a moment after every exit.
-        process = await asyncio.to_thread(_spawn_engine, theirs)
-        theirs.close()
-        reader, writer = await asyncio.open_connection(sock=ours)
+        process = await asyncio.to_thread(_spawn_engine, [theirs for _, theirs in pairs])
+        for _, theirs in pairs:
+            theirs.close()
+        reader, writer = await asyncio.open_connection(sock=pairs[0][0])
         writer.write(wire.frame([("start", local, config, log_level, stop_timeout)]))
         try:
             first = await wire.read_frame(reader)
@@ -89,11 +94,44 @@ class EngineClient:
             if first is None:
                 raise EngineStartError(f"the engine process exited (code {code})")
             raise EngineStartError(str(first[0][1]))
-        info: wire.EngineInfo = first[0][1]
         client = cls(
             front,
-            info,
+            first[0][1],
             process,
+            (reader, writer),
+            observer,
+            tokenizer_threads=config.tokenizer_threads,
+            on_exit=on_exit,
+        )
+        client.spare_sockets = [ours for ours, _ in pairs[1:]]
+        for message in first[1:]:
+            client._dispatch(message)
+        return client
+
+    @classmethod
+    async def attach(
+        cls,
+        sock: socket.socket,
+        spec: ModelSpec,
+        config: EngineConfig,
+        observer: EngineObserver,
+        *,
+        on_exit: Callable[[str], None],
+    ) -> EngineClient:
+        """For a further API process: the engine another process started, over the
+        connection it made for this one (`spare_sockets`); returns once the engine is ready."""
+        front = await asyncio.to_thread(load_encoder, spec)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        first = await wire.read_frame(reader)
+        if first is None or first[0][0] != "ready":
+            writer.close()
+            raise EngineStartError(
+                "the engine process exited" if first is None else str(first[0][1])
+            )
+        client = cls(
+            front,
+            first[0][1],
+            None,
             (reader, writer),
             observer,
             tokenizer_threads=config.tokenizer_threads,
@@ -143,6 +181,13 @@ class EngineClient:
         """Lets the engine finish what it holds (bounded by `drain_seconds`), then ends its
         process."""
         self._stopping = True
+        if self._process is None:  # attached: the engine is the main API process's to stop
+            self._writer.close()
+            self._request_encoder.close()
+            await asyncio.gather(self._reading, return_exceptions=True)
+            return
+        for spare in self.spare_sockets:
+            spare.close()
         if self._gone is None:
             self._send(("stop",))
         if await asyncio.to_thread(_wait, self._process, drain_seconds + 5) is None:
@@ -157,14 +202,17 @@ class EngineClient:
         while (messages := await wire.read_frame(self._reader)) is not None:
             for message in messages:
                 self._dispatch(message)
-        code = await asyncio.to_thread(_wait, self._process, 5)
-        self._gone = f"the engine process exited (code {code})"
+        if self._process is None:
+            self._gone = "the engine process's connection closed"
+        else:
+            code = await asyncio.to_thread(_wait, self._process, 5)
+            self._gone = f"the engine process exited (code {code})"
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(EngineUnavailableError(self._gone))
         self._pending.clear()
         if not self._stopping:
-            log.error("engine process exited", extra={"exit_code": code})
+            log.error("engine process exited", extra={"reason": self._gone})
             self._on_exit(self._gone)
 
     def _dispatch(self, message: wire.Message) -> None:
@@ -181,13 +229,15 @@ class EngineClient:
             getattr(self._observer, message[1])(*message[2])
 
 
-def _spawn_engine(sock: socket.socket) -> subprocess.Popen[bytes]:
-    """`python -m embedfleet_worker.engine.process FD`, holding our end of the socket pair as FD,
-    with this interpreter's import path (the worker may run from a checkout, not installed)."""
+def _spawn_engine(socks: list[socket.socket]) -> subprocess.Popen[bytes]:
+    """`python -m embedfleet_worker.engine.process FD [FD ...]`, holding the engine's ends of
+    the socket pairs, with this interpreter's import path (the worker may run from a checkout,
+    not installed)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    fds = [sock.fileno() for sock in socks]
     return subprocess.Popen(
-        [sys.executable, "-m", "embedfleet_worker.engine.process", str(sock.fileno())],
-        pass_fds=(sock.fileno(),),
+        [sys.executable, "-m", "embedfleet_worker.engine.process", *map(str, fds)],
+        pass_fds=fds,
         env=env,
         stdin=subprocess.DEVNULL,
     )

@@ -30,42 +30,78 @@ _WAKE: wire.Message = ("wake",)  # tells the sender a new queue depth waits; nev
 
 
 def main() -> None:
-    """`python -m embedfleet_worker.engine.process FD`: FD is the engine's end of the socket pair;
-    its first frame says what to load."""
-    sock = socket.socket(fileno=int(sys.argv[1]))
-    start = wire.receive_frame(sock)
+    """`python -m embedfleet_worker.engine.process FD [FD ...]`: each FD is the engine's end of
+    one API process's socket pair. The first is the main API process's: its first frame says
+    what to load, its metrics hooks are forwarded to it, and it stops the engine."""
+    socks = [socket.socket(fileno=int(fd)) for fd in sys.argv[1:]]
+    start = wire.receive_frame(socks[0])
     if start is None or start[0][0] != "start":
         sys.exit(2)  # the HTTP process went before it said what to load
     _, spec, config, log_level, stop_timeout = start[0]
-    run_engine(sock, spec, config, log_level, stop_timeout)
+    run_engine(socks, spec, config, log_level, stop_timeout)
+
+
+class _Link:
+    """One API process's connection: its outbox, the thread that sends it, and its tickets."""
+
+    def __init__(
+        self, sock: socket.socket, outbox: Outbox, observer: _ForwardingObserver | None
+    ) -> None:
+        self.sock = sock
+        self.outbox = outbox
+        self.tickets: dict[int, Ticket] = {}
+        # Held while a request is admitted and filed, and while its completion unfiles it, so
+        # a request that finishes at once is never left filed.
+        self.lock = threading.Lock()
+        self.sender = threading.Thread(
+            target=_send_frames, args=(sock, self.outbox, observer), name="embedfleet-send",
+            daemon=True,
+        )  # fmt: skip
+        self.sender.start()
+
+    def close(self) -> None:
+        self.outbox.put(None)
+        self.sender.join(timeout=5)
+        self.sock.close()
 
 
 def run_engine(
-    sock: socket.socket, spec: ModelSpec, config: EngineConfig, log_level: str, stop_timeout: float
+    socks: list[socket.socket],
+    spec: ModelSpec,
+    config: EngineConfig,
+    log_level: str,
+    stop_timeout: float,
 ) -> None:
     # Signals are the HTTP process's to handle: a Ctrl-C or a SIGTERM sent to the whole process
     # group must not stop the engine while the HTTP process drains. The engine stops when told
-    # to, or when its socket closes (the HTTP process is gone).
+    # to, or when the main API process's socket closes (that process is gone).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(log_level)
-    outbox: Outbox = queue.SimpleQueue()
-    observer = _ForwardingObserver(outbox)
-    sender = threading.Thread(
-        target=_send_frames, args=(sock, outbox, observer), name="embedfleet-send", daemon=True
-    )
-    sender.start()
-    engine = _load(spec, config, outbox, observer)
+    main_outbox: Outbox = queue.SimpleQueue()
+    observer = _ForwardingObserver(main_outbox)  # metrics go to the main API process only
+    links = [
+        _Link(socks[0], main_outbox, observer),
+        *(_Link(sock, queue.SimpleQueue(), None) for sock in socks[1:]),
+    ]
+    engine = _load(spec, config, [link.outbox for link in links], observer)
     if engine is not None:
         gc.freeze()  # the model and libraries: never walked by a full collection mid-batch
-        _serve(sock, engine, outbox, stop_timeout)
-    outbox.put(None)
-    sender.join(timeout=5)
-    sock.close()
+        for link in links[1:]:
+            threading.Thread(
+                target=_serve, args=(link, engine), name="embedfleet-receive", daemon=True
+            ).start()
+        _serve(links[0], engine)  # until the main API process says stop or goes
+        engine.stop(stop_timeout)
+    for link in links:
+        link.close()
 
 
 def _load(
-    spec: ModelSpec, config: EngineConfig, outbox: Outbox, observer: _ForwardingObserver
+    spec: ModelSpec,
+    config: EngineConfig,
+    outboxes: list[Outbox],
+    observer: _ForwardingObserver,
 ) -> EmbeddingEngine | None:
     started = time.perf_counter()
     try:
@@ -73,7 +109,8 @@ def _load(
         # Warm-up: the first forward pass allocates and autotunes; do it before Ready.
         loaded.runner.embed([loaded.encoder.encode(["warm up"], EmbedOptions())[0]])
     except Exception as error:  # reported by the HTTP process through /health and its log
-        outbox.put(("failed", f"{type(error).__name__}: {error}"))
+        for outbox in outboxes:
+            outbox.put(("failed", f"{type(error).__name__}: {error}"))
         return None
     engine = EmbeddingEngine(
         loaded.runner,
@@ -90,59 +127,50 @@ def _load(
         device=str(loaded.runner.device),
         load_seconds=round(time.perf_counter() - started, 2),
     )
-    outbox.put(("ready", info))
+    for outbox in outboxes:
+        outbox.put(("ready", info))
     return engine
 
 
-def _serve(sock: socket.socket, engine: EmbeddingEngine, outbox: Outbox, timeout: float) -> None:
-    tickets: dict[int, Ticket] = {}
-    # Held while a request is admitted and filed, and while its completion unfiles it, so a
-    # request that finishes at once is never left filed.
-    lock = threading.Lock()
-    stopped = False
-    while not stopped:
-        messages = wire.receive_frame(sock)
-        if messages is None:  # the HTTP process is gone: nobody waits for what is queued
-            with lock:
-                for waiting in tickets.values():
+def _serve(link: _Link, engine: EmbeddingEngine) -> None:
+    """Admits what one API process sends until it says stop or its socket closes."""
+    while True:
+        messages = wire.receive_frame(link.sock)
+        if messages is None:  # that API process is gone: nobody waits for what it queued
+            with link.lock:
+                for waiting in link.tickets.values():
                     waiting.cancel()
-            break
+            return
         for message in messages:
             if message[0] == "embed":
                 _, request_id, sequences, options = message
-                done = partial(_reply, outbox, tickets, lock, request_id)
-                with lock:
+                done = partial(_reply, link, request_id)
+                with link.lock:
                     try:
-                        tickets[request_id] = engine.submit(sequences, options, on_done=done)
+                        link.tickets[request_id] = engine.submit(sequences, options, on_done=done)
                     except EmbeddingError as error:
-                        outbox.put(("error", request_id, wire.WireError.of(error)))
+                        link.outbox.put(("error", request_id, wire.WireError.of(error)))
             elif message[0] == "cancel":
-                with lock:
-                    ticket = tickets.pop(message[1], None)
+                with link.lock:
+                    ticket = link.tickets.pop(message[1], None)
                 if ticket is not None:
                     ticket.cancel()
             elif message[0] == "stop":
-                stopped = True
-    engine.stop(timeout)
+                return
 
 
 def _reply(
-    outbox: Outbox,
-    tickets: dict[int, Ticket],
-    lock: threading.Lock,
-    request_id: int,
-    result: EmbeddingResult | None,
-    error: Exception | None,
+    link: _Link, request_id: int, result: EmbeddingResult | None, error: Exception | None
 ) -> None:
-    with lock:
-        tickets.pop(request_id, None)
+    with link.lock:
+        link.tickets.pop(request_id, None)
     if error is not None:
-        outbox.put(("error", request_id, wire.WireError.of(error)))
+        link.outbox.put(("error", request_id, wire.WireError.of(error)))
     else:
-        outbox.put(("result", request_id, result))
+        link.outbox.put(("result", request_id, result))
 
 
-def _send_frames(sock: socket.socket, outbox: Outbox, observer: _ForwardingObserver) -> None:
+def _send_frames(sock: socket.socket, outbox: Outbox, observer: _ForwardingObserver | None) -> None:
     """Sends what the outbox holds, everything waiting in one frame, until told to stop."""
     while True:
         item = outbox.get()
@@ -157,7 +185,7 @@ def _send_frames(sock: socket.socket, outbox: Outbox, observer: _ForwardingObser
             except queue.Empty:
                 break
         closing = item is None
-        depth = observer.take_queue_depth()
+        depth = observer.take_queue_depth() if observer is not None else None
         if depth is not None:
             messages.append(("observe", "on_queue_depth", depth))
         if messages:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -55,10 +55,16 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 def create_app(state: WorkerState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        state.start_loading()
+        loading = state.start_loading()
+        if state.engine_socket is not None:
+            # A further API process takes connections only once it can answer them; the
+            # main one answers /health while a large model loads.
+            await asyncio.shield(loading)
         lag = asyncio.create_task(watch_event_loop(state.metrics.event_loop_lag.observe))
+        sync = asyncio.create_task(_every(1.0, state.metrics.sync_connections))
         yield
         lag.cancel()
+        sync.cancel()
         await state.stop()
 
     app = FastAPI(title="embedfleet worker", version=__version__, lifespan=lifespan)
@@ -109,6 +115,12 @@ def create_app(state: WorkerState) -> FastAPI:
 
     direct = {("POST", EMBEDDINGS_PATH): embeddings_endpoint}
     return ApiGuard(app, state, direct)  # type: ignore[return-value]  # ASGI wrapper
+
+
+async def _every(seconds: float, action: Callable[[], None]) -> None:
+    while True:
+        action()
+        await asyncio.sleep(seconds)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

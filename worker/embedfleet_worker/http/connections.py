@@ -84,6 +84,9 @@ class ConnectionTable:
 
     lifetime: ConnectionLifetime
     rng: random.Random = field(default_factory=random.Random)
+    # API processes sharing the port, each with a table: the kernel spreads accepted
+    # connections over them, so the worker holds about this many times this table's count.
+    processes: int = 1
     opened_total: int = 0
     recycled_total: int = 0
     _open: dict[Hashable, _Connection] = field(default_factory=dict)
@@ -113,7 +116,10 @@ class ConnectionTable:
         self._serves_api(connection, True)
         connection.requests += 1
         close = draining or self.lifetime.expired(
-            connection.share, now - connection.opened_at, connection.requests, self.api_connections
+            connection.share,
+            now - connection.opened_at,
+            connection.requests,
+            self.api_connections * self.processes,
         )
         if close:
             self.recycled_total += 1

@@ -7,6 +7,7 @@ the server exits 1."""
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from types import FrameType
@@ -28,6 +29,8 @@ class DrainingServer(uvicorn.Server):
         self.state = state
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.state.api_processes is not None:
+            self.state.api_processes.signal(sig)  # each drains its own requests
         if self.state.draining:
             super().handle_exit(sig, frame)  # second signal: stop now
             return
@@ -36,10 +39,8 @@ class DrainingServer(uvicorn.Server):
         threading.Thread(target=self._finish_drain, name="embedfleet-drain", daemon=True).start()
 
     async def on_tick(self, counter: int) -> bool:
-        if self.state.engine_lost and not self.should_exit:
-            log.error(
-                "stopping: the engine process is gone", extra={"error": self.state.load_error}
-            )
+        if self.state.broken and not self.should_exit:
+            log.error("stopping: a worker process is gone", extra={"error": self.state.load_error})
             self.should_exit = True
         return await super().on_tick(counter)
 
@@ -51,9 +52,16 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(settings: WorkerSettings) -> int:
+def serve(
+    settings: WorkerSettings,
+    *,
+    listen: socket.socket | None = None,
+    engine_socket: socket.socket | None = None,
+) -> int:
+    """Runs the worker (the main API process), or with `listen` and `engine_socket` one of its
+    further API processes (api_processes.py)."""
     configure_logging(settings.log_level)
-    state = WorkerState.from_settings(settings)
+    state = WorkerState.from_settings(settings, listen=listen, engine_socket=engine_socket)
     config = uvicorn.Config(
         create_app(state),
         host=settings.host,
@@ -69,6 +77,8 @@ def serve(settings: WorkerSettings) -> int:
         # X-Forwarded-For (nothing here reads forwarded headers).
         proxy_headers=False,
     )
+    if state.listen is None and settings.api_processes > 1:
+        state.listen = config.bind_socket()  # shared with the further API processes
     server = DrainingServer(config, state)
-    server.run()
+    server.run(sockets=None if state.listen is None else [state.listen])
     return 0 if state.load_error is None else 1

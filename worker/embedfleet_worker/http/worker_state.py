@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from pathlib import Path
 from embedfleet_worker.engine.client import EngineClient
 from embedfleet_worker.engine.executor import EngineConfig
 from embedfleet_worker.engine.options import EmbedOptions
+from embedfleet_worker.http.api_processes import ApiProcesses
 from embedfleet_worker.http.connections import ConnectionLifetime, ConnectionTable
 from embedfleet_worker.metrics import WorkerMetrics
 from embedfleet_worker.model.loader import ModelSpec
@@ -53,7 +56,11 @@ class WorkerState:
     api_key: str | None = None
     engine: EngineClient | None = None
     load_error: str | None = None  # why the worker cannot serve: load failed or engine gone
-    engine_lost: bool = False  # the engine process died after loading: the server exits
+    # The engine process or a further API process died after loading: the server exits 1.
+    broken: bool = False
+    listen: socket.socket | None = None  # the port's socket, shared with further API processes
+    engine_socket: socket.socket | None = None  # set in a further API process: its engine link
+    api_processes: ApiProcesses | None = None
     draining: bool = False
     in_flight: int = 0
     created: int = field(default_factory=lambda: int(time.time()))
@@ -61,7 +68,13 @@ class WorkerState:
     _loading: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_settings(cls, settings: WorkerSettings) -> WorkerState:
+    def from_settings(
+        cls,
+        settings: WorkerSettings,
+        *,
+        listen: socket.socket | None = None,
+        engine_socket: socket.socket | None = None,
+    ) -> WorkerState:
         key = None
         if settings.api_key_file is not None:
             key = settings.api_key_file.read_text().strip()
@@ -70,14 +83,20 @@ class WorkerState:
         connections = ConnectionTable(
             ConnectionLifetime(
                 settings.max_connection_age_seconds, settings.max_connection_requests
-            )
+            ),
+            processes=settings.api_processes,
         )
         return cls(
             settings=settings,
-            metrics=WorkerMetrics(connections),
+            # A further API process exports the main one's process metrics (start time).
+            metrics=WorkerMetrics(
+                connections, process_pid=None if engine_socket is None else os.getppid()
+            ),
             names=served_names(settings),
             connections=connections,
             api_key=key,
+            listen=listen,
+            engine_socket=engine_socket,
         )
 
     @property
@@ -110,14 +129,20 @@ class WorkerState:
             max_queue_tokens=s.max_queue_tokens,
         )
         try:
-            engine = await EngineClient.start(
-                spec,
-                config,
-                self.metrics,
-                log_level=s.log_level,
-                stop_timeout=s.drain_timeout_seconds,
-                on_exit=self._engine_gone,
-            )
+            if self.engine_socket is not None:  # a further API process: the engine runs
+                engine = await EngineClient.attach(
+                    self.engine_socket, spec, config, self.metrics, on_exit=self._lost
+                )
+            else:
+                engine = await EngineClient.start(
+                    spec,
+                    config,
+                    self.metrics,
+                    log_level=s.log_level,
+                    stop_timeout=s.drain_timeout_seconds,
+                    on_exit=self._lost,
+                    api_processes=s.api_processes,
+                )
             # One query through tokenizer, socket and engine before Ready: a fresh worker's
             # first request must not pay for first use of any of them.
             await engine.embed(["warm up"], EmbedOptions())
@@ -138,6 +163,10 @@ class WorkerState:
             fingerprint=info.fingerprint,
         ).set(1)
         self._ready.set()
+        if engine.spare_sockets and self.listen is not None:
+            self.api_processes = ApiProcesses.start(
+                self.listen, engine.spare_sockets, s.argv, self._lost
+            )
         log.info(
             "model ready",
             extra={
@@ -149,15 +178,18 @@ class WorkerState:
             },
         )
 
-    def _engine_gone(self, reason: str) -> None:
-        """The engine process died under us (its requests have had their 503s): the server
-        exits with status 1, so the container restarts at once, as after any crash."""
+    def _lost(self, reason: str) -> None:
+        """The engine process (its requests have had their 503s) or a further API process died
+        under us: the server exits with status 1, so the container restarts at once, as after
+        any crash."""
         self.load_error = reason
-        self.engine_lost = True
+        self.broken = True
         self._ready.clear()
 
     async def stop(self) -> None:
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
+        if self.api_processes is not None:  # they drain first: the engine serves them
+            await self.api_processes.stop(self.settings.drain_timeout_seconds + 5)
         if self.engine is not None:
             await self.engine.stop(self.settings.drain_timeout_seconds)
