@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # metrics mode is set (prometheus_client reads it once, on import).
             from embedfleet_worker.http.server import serve
 
-            return serve(settings)
+            return serve(settings, argv=args[1:])
     parser.parse_args(args)
     parser.print_help()
     return 2

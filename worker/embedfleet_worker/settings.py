@@ -40,7 +40,6 @@ class WorkerSettings:
     keep_alive_timeout_seconds: int = 120
     api_processes: int = 1  # HTTP processes sharing the port and the one engine process
     log_level: str = "info"
-    argv: tuple[str, ...] = ()  # the flags as given, for the further API processes
 
 
 def _positive(value: str) -> int:
@@ -152,4 +151,4 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
     parser.set_defaults(**environment_defaults(parser, os.environ if environ is None else environ))
     args = vars(parser.parse_args(argv))
     args["served_model_names"] = tuple(args["served_model_names"] or ())
-    return WorkerSettings(**args, argv=tuple(argv))
+    return WorkerSettings(**args)

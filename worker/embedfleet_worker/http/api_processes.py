@@ -107,6 +107,7 @@ def main() -> int:
     listen_fd, engine_fd, *argv = sys.argv[1:]
     return serve(
         parse_settings(argv),
+        argv=argv,
         listen=socket.socket(fileno=int(listen_fd)),
         engine_socket=socket.socket(fileno=int(engine_fd)),
     )

@@ -10,6 +10,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from types import FrameType
 
 import uvicorn
@@ -55,6 +56,7 @@ class DrainingServer(uvicorn.Server):
 def serve(
     settings: WorkerSettings,
     *,
+    argv: Sequence[str] = (),  # the serve flags as given: the further API processes get them
     listen: socket.socket | None = None,
     engine_socket: socket.socket | None = None,
 ) -> int:
@@ -62,6 +64,7 @@ def serve(
     further API processes (api_processes.py)."""
     configure_logging(settings.log_level)
     state = WorkerState.from_settings(settings, listen=listen, engine_socket=engine_socket)
+    state.argv = tuple(argv)
     config = uvicorn.Config(
         create_app(state),
         host=settings.host,

@@ -61,6 +61,7 @@ class WorkerState:
     listen: socket.socket | None = None  # the port's socket, shared with further API processes
     engine_socket: socket.socket | None = None  # set in a further API process: its engine link
     api_processes: ApiProcesses | None = None
+    argv: tuple[str, ...] = ()  # the serve flags as given, for further API processes
     draining: bool = False
     in_flight: int = 0
     created: int = field(default_factory=lambda: int(time.time()))
@@ -165,7 +166,7 @@ class WorkerState:
         self._ready.set()
         if engine.spare_sockets and self.listen is not None:
             self.api_processes = ApiProcesses.start(
-                self.listen, engine.spare_sockets, s.argv, self._lost
+                self.listen, engine.spare_sockets, self.argv, self._lost
             )
         log.info(
             "model ready",
