@@ -60,6 +60,8 @@ def create_app(state: WorkerState) -> FastAPI:
             # A further API process takes connections only once it can answer them; the
             # main one answers /health while a large model loads.
             await asyncio.shield(loading)
+            if state.load_error is not None:  # exits; the main process then exits 1
+                raise RuntimeError(f"API process could not start: {state.load_error}")
         lag = asyncio.create_task(watch_event_loop(state.metrics.event_loop_lag.observe))
         sync = asyncio.create_task(_every(1.0, state.metrics.sync_connections))
         yield
