@@ -162,6 +162,17 @@ class WorkerMetrics:
         self.queue_requests.set(requests)
 
 
+# (name, help) of the connection series: one process's table, or every process's (multiprocess).
+_CONNECTION_SERIES = (
+    (CONNECTIONS_OPENED, "TCP connections accepted (probes and scrapes included)."),
+    (
+        CONNECTIONS_RECYCLED,
+        "Client connections this worker closed between requests (age bound or drain).",
+    ),
+    (CLIENT_CONNECTIONS, "Open connections that carry API requests."),
+)
+
+
 class ConnectionCollector(Collector):
     """Reads the connection table at scrape time."""
 
@@ -170,21 +181,10 @@ class ConnectionCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         t = self._table
-        yield CounterMetricFamily(
-            CONNECTIONS_OPENED.removesuffix("_total"),
-            "TCP connections accepted (probes and scrapes included).",
-            value=t.opened_total,
-        )
-        yield CounterMetricFamily(
-            CONNECTIONS_RECYCLED.removesuffix("_total"),
-            "Client connections this worker closed between requests (age bound or drain).",
-            value=t.recycled_total,
-        )
-        yield GaugeMetricFamily(
-            CLIENT_CONNECTIONS,
-            "Open connections that carry API requests.",
-            value=t.api_connections,
-        )
+        opened, recycled, clients = _CONNECTION_SERIES
+        yield CounterMetricFamily(opened[0].removesuffix("_total"), opened[1], t.opened_total)
+        yield CounterMetricFamily(recycled[0].removesuffix("_total"), recycled[1], t.recycled_total)
+        yield GaugeMetricFamily(*clients, value=t.api_connections)
 
 
 class ConnectionCounters:
@@ -192,22 +192,10 @@ class ConnectionCounters:
 
     def __init__(self, table: ConnectionTable) -> None:
         self._table = table
-        self._opened = Counter(
-            CONNECTIONS_OPENED.removesuffix("_total"),
-            "TCP connections accepted (probes and scrapes included).",
-            registry=None,
-        )
-        self._recycled = Counter(
-            CONNECTIONS_RECYCLED.removesuffix("_total"),
-            "Client connections this worker closed between requests (age bound or drain).",
-            registry=None,
-        )
-        self._clients = Gauge(
-            CLIENT_CONNECTIONS,
-            "Open connections that carry API requests.",
-            registry=None,
-            multiprocess_mode="livesum",
-        )
+        opened, recycled, clients = _CONNECTION_SERIES
+        self._opened = Counter(opened[0].removesuffix("_total"), opened[1], registry=None)
+        self._recycled = Counter(recycled[0].removesuffix("_total"), recycled[1], registry=None)
+        self._clients = Gauge(*clients, registry=None, multiprocess_mode="livesum")
         self._copied = (0, 0)
 
     def sync(self) -> None:

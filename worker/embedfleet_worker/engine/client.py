@@ -94,18 +94,8 @@ class EngineClient:
             if first is None:
                 raise EngineStartError(f"the engine process exited (code {code})")
             raise EngineStartError(str(first[0][1]))
-        client = cls(
-            front,
-            first[0][1],
-            process,
-            (reader, writer),
-            observer,
-            tokenizer_threads=config.tokenizer_threads,
-            on_exit=on_exit,
-        )
+        client = cls._ready(first, front, process, (reader, writer), observer, config, on_exit)
         client.spare_sockets = [ours for ours, _ in pairs[1:]]
-        for message in first[1:]:
-            client._dispatch(message)
         return client
 
     @classmethod
@@ -128,11 +118,25 @@ class EngineClient:
             raise EngineStartError(
                 "the engine process exited" if first is None else str(first[0][1])
             )
+        return cls._ready(first, front, None, (reader, writer), observer, config, on_exit)
+
+    @classmethod
+    def _ready(
+        cls,
+        first: list[wire.Message],
+        front: LoadedEncoder,
+        process: subprocess.Popen[bytes] | None,
+        streams: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        observer: EngineObserver,
+        config: EngineConfig,
+        on_exit: Callable[[str], None],
+    ) -> EngineClient:
+        """The client of an engine whose first frame said ready (what else it held, too)."""
         client = cls(
             front,
             first[0][1],
-            None,
-            (reader, writer),
+            process,
+            streams,
             observer,
             tokenizer_threads=config.tokenizer_threads,
             on_exit=on_exit,
