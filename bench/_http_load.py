@@ -309,8 +309,15 @@ def process_cpu_seconds(pid: int, thread: int | None = None) -> float:
 
 def engine_child(pid: int) -> int | None:
     """The worker's engine process (its child `python -m embedfleet_worker.engine.process`)."""
+    found = children(pid, b"embedfleet_worker.engine.process")
+    return found[0] if found else None
+
+
+def children(pid: int, module: bytes) -> list[int]:
+    """The process's children whose command line names `module`."""
     from pathlib import Path
 
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -319,9 +326,6 @@ def engine_child(pid: int) -> int | None:
             command = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if (
-            int(stat.rsplit(")", 1)[1].split()[1]) == pid
-            and b"embedfleet_worker.engine.process" in command
-        ):
-            return int(entry.name)
-    return None
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and module in command:
+            found.append(int(entry.name))
+    return found

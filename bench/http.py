@@ -21,7 +21,7 @@ the same architecture in the same run and prints the HTTP/engine ratios. The con
 come from --client-processes processes (default 4; three times as many for the openai client,
 which spends milliseconds of CPU per request), so one Python client's CPU is not what is
 measured; each run reports its busiest client process's CPU share, and the share of a core the
-server's event loop (its main thread) used.
+server's event loops (the API processes' main threads, summed) used.
 
     PYTHONPATH=worker:. python3 bench/http.py --model 4b --tokenizer <qwen3-dir> --json out.json
     PYTHONPATH=worker:. .venv/bin/python bench/http.py --quick     # CPU smoke, MiniLM, ~1 min
@@ -97,9 +97,12 @@ async def drive(url: str, model: str, texts: dict[str, Any], n: dict[str, int],
     engine_pid = load.engine_child(server_pid)
 
     def cpu() -> tuple[float, float, float]:
+        """CPU seconds of the API processes (all of them with --api-processes), the engine
+        process, and the API processes' event loops (their main threads)."""
+        api = [server_pid, *load.children(server_pid, b"embedfleet_worker.http.api_processes")]
         engine = load.process_cpu_seconds(engine_pid) if engine_pid else 0.0
-        loop = load.process_cpu_seconds(server_pid, thread=server_pid)
-        return load.process_cpu_seconds(server_pid), engine, loop
+        loops = sum(load.process_cpu_seconds(pid, thread=pid) for pid in api)
+        return sum(load.process_cpu_seconds(pid) for pid in api), engine, loops
 
     def spread(kind: str, requests: list[list[str]], concurrency: int, extra: str) -> Any:
         """A load from `clients` processes (3x for the openai client), with what the engine did

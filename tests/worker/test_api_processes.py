@@ -19,23 +19,15 @@ REQUESTS = 120
 
 
 def api_child(worker: WorkerProcess) -> int:
-    """The further API process (it starts once the engine is ready)."""
-
-    def found() -> list[int]:
-        return [
-            pid
-            for pid, command in children(worker.process.pid).items()
-            if b"embedfleet_worker.http.api_processes" in command
-        ]
-
-    wait_until(lambda: len(found()) == 1, timeout=60, what="a further API process")
-    # It takes connections once its startup (attaching to the engine) is complete.
-    wait_until(
-        lambda: worker.log().count("Application startup complete") == 2,
-        timeout=60,
-        what="the further API process serving",
-    )
-    return found()[0]
+    """The further API process: once the worker is Ready it is there and takes connections."""
+    found = [
+        pid
+        for pid, command in children(worker.process.pid).items()
+        if b"embedfleet_worker.http.api_processes" in command
+    ]
+    assert len(found) == 1, found
+    assert worker.log().count("Application startup complete") == 2, worker.log()[-3000:]
+    return found[0]
 
 
 def cpu_seconds(pid: int) -> float:

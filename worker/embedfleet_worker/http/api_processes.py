@@ -4,13 +4,14 @@ and writing answers run on N event loops in parallel (vLLM's `--api-server-count
 loop was the limit for single queries: on an H200 it ran at 0.6-0.96 of a core while the
 engine waited for requests (BENCHMARKS.md).
 
-The main API process starts them once the engine is ready (it serves alone until then),
+The main API process starts them once the engine is ready and turns Ready itself only when
+each says (over a pipe) that it takes connections, so a Ready pod serves at full strength. It
 forwards its signals to them (each drains its own requests), waits for them before it stops
-the engine, and exits 1 if one dies while serving, as it does when the engine dies.
+the engine, and exits 1 if one dies, as it does when the engine dies.
 
-    python -m embedfleet_worker.http.api_processes LISTEN_FD ENGINE_FD [serve flags]
+    python -m embedfleet_worker.http.api_processes LISTEN_FD ENGINE_FD READY_FD [serve flags]
 
-is one of them: the flags are the main process's, the sockets the ones it made."""
+is one of them: the flags are the main process's, the sockets and the pipe the ones it made."""
 
 from __future__ import annotations
 
@@ -29,9 +30,13 @@ log = logging.getLogger("embedfleet.worker")
 
 class ApiProcesses:
     def __init__(
-        self, processes: list[subprocess.Popen[bytes]], on_exit: Callable[[str], None]
+        self,
+        processes: list[subprocess.Popen[bytes]],
+        ready_pipes: list[int],
+        on_exit: Callable[[str], None],
     ) -> None:
         self.processes = processes
+        self._ready_pipes = ready_pipes
         self._on_exit = on_exit
         self._stopping = False
         self._loop = asyncio.get_running_loop()
@@ -49,11 +54,26 @@ class ApiProcesses:
         on_exit: Callable[[str], None],
     ) -> ApiProcesses:
         """One process per engine socket; this process's copies of those sockets are closed."""
-        processes = [_spawn(listen, sock, argv) for sock in engine_sockets]
+        processes, pipes = [], []
         for sock in engine_sockets:
+            ready_read, ready_write = os.pipe()
+            processes.append(_spawn(listen, sock, ready_write, argv))
+            os.close(ready_write)
             sock.close()
+            pipes.append(ready_read)
         log.info("api processes started", extra={"pids": [p.pid for p in processes]})
-        return cls(processes, on_exit)
+        return cls(processes, pipes, on_exit)
+
+    async def wait_ready(self, seconds: float) -> None:
+        """Until each takes connections; raises if one exits or stays silent for `seconds`."""
+        for process, pipe in zip(self.processes, self._ready_pipes, strict=True):
+            try:
+                said = await asyncio.wait_for(asyncio.to_thread(os.read, pipe, 1), seconds)
+            finally:
+                os.close(pipe)
+            if not said:
+                raise RuntimeError(f"API process {process.pid} exited before it was ready")
+        self._ready_pipes = []
 
     def signal(self, sig: int) -> None:
         """Forwards a signal; after it, their exits are expected (each drains and exits)."""
@@ -88,10 +108,10 @@ class ApiProcesses:
 
 
 def _spawn(
-    listen: socket.socket, engine: socket.socket, argv: Sequence[str]
+    listen: socket.socket, engine: socket.socket, ready: int, argv: Sequence[str]
 ) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    fds = [listen.fileno(), engine.fileno()]
+    fds = [listen.fileno(), engine.fileno(), ready]
     return subprocess.Popen(
         [sys.executable, "-m", "embedfleet_worker.http.api_processes", *map(str, fds), *argv],
         pass_fds=fds,
@@ -104,12 +124,13 @@ def main() -> int:
     from embedfleet_worker.http.server import serve
     from embedfleet_worker.settings import parse_settings
 
-    listen_fd, engine_fd, *argv = sys.argv[1:]
+    listen_fd, engine_fd, ready_fd, *argv = sys.argv[1:]
     return serve(
         parse_settings(argv),
         argv=argv,
         listen=socket.socket(fileno=int(listen_fd)),
         engine_socket=socket.socket(fileno=int(engine_fd)),
+        ready_pipe=int(ready_fd),
     )
 
 

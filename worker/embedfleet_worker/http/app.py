@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -62,6 +63,9 @@ def create_app(state: WorkerState) -> FastAPI:
             await asyncio.shield(loading)
             if state.load_error is not None:  # exits; the main process then exits 1
                 raise RuntimeError(f"API process could not start: {state.load_error}")
+            if state.ready_pipe is not None:  # the main process turns Ready once all do
+                os.write(state.ready_pipe, b"1")
+                os.close(state.ready_pipe)
         lag = asyncio.create_task(watch_event_loop(state.metrics.event_loop_lag.observe))
         sync = asyncio.create_task(_every(1.0, state.metrics.sync_connections))
         yield

@@ -59,12 +59,14 @@ def serve(
     argv: Sequence[str] = (),  # the serve flags as given: the further API processes get them
     listen: socket.socket | None = None,
     engine_socket: socket.socket | None = None,
+    ready_pipe: int | None = None,
 ) -> int:
     """Runs the worker (the main API process), or with `listen` and `engine_socket` one of its
     further API processes (api_processes.py)."""
     configure_logging(settings.log_level)
     state = WorkerState.from_settings(settings, listen=listen, engine_socket=engine_socket)
     state.argv = tuple(argv)
+    state.ready_pipe = ready_pipe
     config = uvicorn.Config(
         create_app(state),
         host=settings.host,

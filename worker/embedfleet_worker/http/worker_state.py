@@ -26,6 +26,7 @@ from embedfleet_worker.settings import WorkerSettings
 log = logging.getLogger("embedfleet.worker")
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+API_PROCESS_START_SECONDS = 300  # a further API process loads its tokenizer and warms up
 
 
 def default_model_dir() -> Path:
@@ -62,6 +63,7 @@ class WorkerState:
     engine_socket: socket.socket | None = None  # set in a further API process: its engine link
     api_processes: ApiProcesses | None = None
     argv: tuple[str, ...] = ()  # the serve flags as given, for further API processes
+    ready_pipe: int | None = None  # a further API process writes a byte here once it serves
     draining: bool = False
     in_flight: int = 0
     created: int = field(default_factory=lambda: int(time.time()))
@@ -147,6 +149,11 @@ class WorkerState:
             # One query through tokenizer, socket and engine before Ready: a fresh worker's
             # first request must not pay for first use of any of them.
             await engine.embed(["warm up"], EmbedOptions())
+            if engine.spare_sockets and self.listen is not None:
+                self.api_processes = ApiProcesses.start(
+                    self.listen, engine.spare_sockets, self.argv, self._lost
+                )
+                await self.api_processes.wait_ready(API_PROCESS_START_SECONDS)
         except Exception as error:  # any failure is reported through /health and the log
             self.load_error = f"{type(error).__name__}: {error}"
             log.error("model load failed", extra={"error": self.load_error})
@@ -164,10 +171,6 @@ class WorkerState:
             fingerprint=info.fingerprint,
         ).set(1)
         self._ready.set()
-        if engine.spare_sockets and self.listen is not None:
-            self.api_processes = ApiProcesses.start(
-                self.listen, engine.spare_sockets, self.argv, self._lost
-            )
         log.info(
             "model ready",
             extra={
