@@ -4,7 +4,8 @@ contract the autoscaler reads). Each server owns its registry, so tests can run 
 With several API processes (`--api-processes`) prometheus_client runs in multiprocess mode
 (`PROMETHEUS_MULTIPROC_DIR`, set before it is imported): every process writes its values to
 files in that folder and a scrape of any of them reads them all, so it does not matter which
-process a scrape reaches. The connection counts are copied there once a second."""
+process a scrape reaches. The connection counts are copied there after each API response and
+once a second."""
 
 from __future__ import annotations
 

@@ -93,6 +93,7 @@ class ApiGuard:
         finally:
             elapsed = time.perf_counter() - started
             state.metrics.requests.labels(code=str(status["code"])).inc()
+            state.metrics.sync_connections()  # with --api-processes: this response's recycle
             state.metrics.request_duration.observe(elapsed)
             log.info(
                 "request",
