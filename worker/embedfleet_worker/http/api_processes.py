@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 log = logging.getLogger("embedfleet.worker")
@@ -65,12 +66,14 @@ class ApiProcesses:
         return cls(processes, pipes, on_exit)
 
     async def wait_ready(self, seconds: float) -> None:
-        """Until each takes connections; raises if one exits or stays silent for `seconds`."""
+        """Until each takes connections; raises if one exits, or if `seconds` pass first."""
+        deadline = time.monotonic() + seconds
         for process, pipe in zip(self.processes, self._ready_pipes, strict=True):
-            try:
-                said = await asyncio.wait_for(asyncio.to_thread(os.read, pipe, 1), seconds)
-            finally:
-                os.close(pipe)
+            left = max(0.0, deadline - time.monotonic())
+            # On a timeout the pipe stays open: a thread still reads it, and closing it under
+            # that thread could hand its number to another file.
+            said = await asyncio.wait_for(asyncio.to_thread(os.read, pipe, 1), left)
+            os.close(pipe)
             if not said:
                 raise RuntimeError(f"API process {process.pid} exited before it was ready")
         self._ready_pipes = []
@@ -87,9 +90,10 @@ class ApiProcesses:
         them at once), and waits, killing any still there after `seconds`."""
         if not self._stopping:
             self.signal(signal.SIGTERM)
+        deadline = time.monotonic() + seconds
         for process in self.processes:
             try:
-                await asyncio.to_thread(process.wait, seconds)
+                await asyncio.to_thread(process.wait, max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log.warning("api process did not stop; killing it", extra={"pid": process.pid})
                 process.kill()

@@ -45,6 +45,7 @@ from embedfleet_worker.http.errors import (
 from embedfleet_worker.http.guard import ApiGuard
 from embedfleet_worker.http.loop_monitor import watch_event_loop
 from embedfleet_worker.http.worker_state import WorkerState
+from embedfleet_worker.metrics import MULTIPROCESS_DIR
 
 log = logging.getLogger("embedfleet.worker")
 
@@ -67,10 +68,16 @@ def create_app(state: WorkerState) -> FastAPI:
                 os.write(state.ready_pipe, b"1")
                 os.close(state.ready_pipe)
         lag = asyncio.create_task(watch_event_loop(state.metrics.event_loop_lag.observe))
-        sync = asyncio.create_task(_every(1.0, state.metrics.sync_connections))
+        # Multiprocess metrics: connection events outside API responses reach the shared files.
+        sync = (
+            asyncio.create_task(_every(1.0, state.metrics.sync_connections))
+            if MULTIPROCESS_DIR
+            else None
+        )
         yield
         lag.cancel()
-        sync.cancel()
+        if sync is not None:
+            sync.cancel()
         await state.stop()
 
     app = FastAPI(title="embedfleet worker", version=__version__, lifespan=lifespan)

@@ -64,9 +64,9 @@ def serve(
     """Runs the worker (the main API process), or with `listen` and `engine_socket` one of its
     further API processes (api_processes.py)."""
     configure_logging(settings.log_level)
-    state = WorkerState.from_settings(settings, listen=listen, engine_socket=engine_socket)
-    state.argv = tuple(argv)
-    state.ready_pipe = ready_pipe
+    state = WorkerState.from_settings(
+        settings, argv=argv, listen=listen, engine_socket=engine_socket, ready_pipe=ready_pipe
+    )
     config = uvicorn.Config(
         create_app(state),
         host=settings.host,

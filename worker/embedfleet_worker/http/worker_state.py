@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,8 +76,10 @@ class WorkerState:
         cls,
         settings: WorkerSettings,
         *,
+        argv: Sequence[str] = (),
         listen: socket.socket | None = None,
         engine_socket: socket.socket | None = None,
+        ready_pipe: int | None = None,
     ) -> WorkerState:
         key = None
         if settings.api_key_file is not None:
@@ -100,6 +103,8 @@ class WorkerState:
             api_key=key,
             listen=listen,
             engine_socket=engine_socket,
+            argv=tuple(argv),
+            ready_pipe=ready_pipe,
         )
 
     @property
