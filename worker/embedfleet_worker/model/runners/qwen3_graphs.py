@@ -39,12 +39,21 @@ class Bucket:
         )
 
 
-# Up to 512 tokens: single queries and a few inputs. Above: the engine's query batches (its
-# interactive cap is 2,048 tokens, each query at most 512), so up to 256 queries per batch.
+def _query_batch_sizes() -> list[int]:
+    """544 to 3,072 tokens, each at most 6% above the one before: a query batch in a graph pays
+    for its bucket's padding, and above ~500 tokens the GPU's time grows with every token (4B,
+    H200: ~20 us a token; bench/query_batches.py). With buckets of 1,024 and 2,048 tokens only,
+    40 queries (1,186 tokens) took 38 ms, where a 1,280-token bucket takes 25. Above 3,072
+    tokens the eager forward is bound by the GPU, not its launches, and is as fast. Their 52
+    graphs share one memory pool."""
+    return [*range(544, 1537, 32), *range(1600, 2561, 64), *range(2688, 3073, 128)]
+
+
+# Up to 512 tokens: single queries and a few inputs. Above: the engine's query batches, one
+# slot per 4 tokens (the shortest query with its end-of-text is 2), each query at most 512.
 BUCKETS = (
     *(Bucket(t, 8, t) for t in (16, 32, 64, 128, 256, 512)),
-    Bucket(1024, 128, 512),
-    Bucket(2048, 256, 512),
+    *(Bucket(t, t // 4, 512) for t in _query_batch_sizes()),
 )
 
 
