@@ -3,6 +3,7 @@ byte, the EOS exactly once (text, token ids, truncated), and templates that surv
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from embedfleet_worker.engine.options import EmbedOptions, InputType
 from embedfleet_worker.engine.pooling import PoolingMode
 from embedfleet_worker.engine.tokenization import (
     InputEncoder,
+    RequestEncoder,
     SequenceTemplate,
     apply_template,
     probe_template,
@@ -150,3 +152,37 @@ def test_the_rust_tokenizer_path_gives_transformers_own_ids(folder: Any) -> None
     theirs = tokenizer(texts, add_special_tokens=False)["input_ids"]
     assert ours == theirs
     assert len(ours[1]) > 512  # no truncation from tokenizer.json
+
+
+def test_a_long_input_is_tokenised_without_holding_the_event_loop(qwen_tokenizer: Any) -> None:
+    """The Rust tokenizer's `encode` holds the GIL for the whole text (~50 ms for 8K tokens on
+    a GPU host): run from the tokenising thread pool it still stopped the event loop. A large
+    request goes through `encode_batch`, which lets go of the GIL."""
+    encoder = InputEncoder(
+        qwen_tokenizer,
+        probe_template(qwen_tokenizer, PoolingMode.LAST_TOKEN),
+        max_input_tokens=40960,
+        vocab_size=151669,
+    )
+    words = qwen_tokenizer.convert_ids_to_tokens(list(range(1000, 31000)))
+    text = " ".join(w.lstrip("\u0120") for w in words if w.isascii() and w.strip("\u0120"))
+    request = RequestEncoder(encoder, threads=1)
+
+    async def scenario() -> tuple[float, float, int]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        task = asyncio.ensure_future(request.encode([text], EmbedOptions()))
+        worst = 0.0
+        while not task.done():
+            due = loop.time() + 0.001
+            await asyncio.sleep(0.001)
+            worst = max(worst, loop.time() - due)
+        return worst, loop.time() - started, len(task.result()[0])
+
+    try:
+        worst, took, tokens = asyncio.run(scenario())
+    finally:
+        request.close()
+    assert tokens > 20000
+    assert took > 0.02  # long enough that holding the GIL would show
+    assert worst < min(0.01, took / 3), f"loop late by {worst * 1000:.1f} ms of {took * 1000:.0f}"

@@ -143,9 +143,11 @@ class InputEncoder:
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
         if self._rust is not None:  # the Rust tokenizer itself: no Python per call or token
-            if len(texts) <= _SEQUENTIAL_TEXTS:
+            if _is_small(texts):
                 # encode_batch hands even one text to its thread pool and blocks the caller
-                # (here: the event loop) until a pool thread has woken up and done it.
+                # (here: the event loop) until a pool thread has woken up and done it. But
+                # `encode` holds the GIL throughout (an 8K-token text: ~50 ms on the H200's
+                # host, stalling the event loop from a pool thread), so only small requests.
                 return [self._rust.encode(t, add_special_tokens=False).ids for t in texts]
             return [e.ids for e in self._rust.encode_batch(texts, add_special_tokens=False)]
         ids: list[list[int]] = self.tokenizer(texts, add_special_tokens=False)["input_ids"]

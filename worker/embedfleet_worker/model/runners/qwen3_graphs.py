@@ -105,8 +105,7 @@ class SmallBatchGraphs:
             side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                for _ in range(2):  # warm-up outside the capture: kernels compiled, tuned
-                    self._body(captured)
+                self._body(captured)  # warm-up outside the capture: kernels compiled, tuned
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
