@@ -10,6 +10,7 @@ engine core the same way."""
 from __future__ import annotations
 
 import gc
+import logging
 import queue
 import signal
 import socket
@@ -24,6 +25,8 @@ from embedfleet_worker.engine.executor import EmbeddingEngine, EmbeddingResult, 
 from embedfleet_worker.engine.options import EmbedOptions
 from embedfleet_worker.logs import configure_logging
 from embedfleet_worker.model.loader import ModelSpec, load_model
+
+log = logging.getLogger("embedfleet.worker")
 
 Outbox = queue.SimpleQueue[wire.Message | None]
 _WAKE: wire.Message = ("wake",)  # tells the sender a new queue depth waits; never sent
@@ -108,6 +111,14 @@ def _load(
         loaded = load_model(spec)
         # Warm-up: the first forward pass allocates and autotunes; do it before Ready.
         loaded.runner.embed([loaded.encoder.encode(["warm up"], EmbedOptions())[0]])
+        log.info(
+            "model prepared",
+            extra={
+                "seconds": round(time.perf_counter() - started, 2),
+                # compilation, attention plans and CUDA-graph capture (Qwen3 on a GPU)
+                "phases": getattr(loaded.runner, "prepare_seconds", {}),
+            },
+        )
     except Exception as error:  # reported by the HTTP process through /health and its log
         for outbox in outboxes:
             outbox.put(("failed", f"{type(error).__name__}: {error}"))

@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import json
 import math
+import time
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,6 +247,7 @@ class Qwen3Runner:
         )
         self.scale = 1.0 / math.sqrt(shape.head_dim)
         self.graphs: Any = None  # SmallBatchGraphs once prepare() captured them
+        self.prepare_seconds: dict[str, float] = {}  # start-up phases, for the engine's log
 
     @classmethod
     def weight_names(cls, shape: Qwen3Shape) -> list[str]:
@@ -284,13 +286,24 @@ class Qwen3Runner:
             return
         from embedfleet_worker.model.runners.qwen3_graphs import SmallBatchGraphs
 
+        phase = time.perf_counter()
+
+        def took(name: str) -> None:
+            nonlocal phase
+            now = time.perf_counter()
+            self.prepare_seconds[name] = round(now - phase, 2)
+            phase = now
+
         with torch.inference_mode():
             self.embed([[1] * 300, [2] * 20])  # compiles the dynamic-shape kernels once
             # The long-sequence path (per-sequence SDPA) has its own layouts, so its first use
             # recompiled (1.3 s for a fresh worker's first 8K input): pay it here instead.
             self.embed([[3] * LONG_SEQUENCE])
+            took("compile")
             self._build_long_attention_plans()
+            took("attention_plans")
             self.graphs = SmallBatchGraphs(self)
+            took("cuda_graphs")
 
     def _build_long_attention_plans(self) -> None:
         """One attention call per padded long length up to max_positions (about 1.5 s for
