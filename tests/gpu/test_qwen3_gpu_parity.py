@@ -130,9 +130,10 @@ def test_graphs_long_sequences_and_stepping_match(
     def tokens(n: int) -> list[int]:
         return [*torch.randint(0, 151643, (n - 1,), generator=generator).tolist(), ENDOFTEXT]
 
-    # The last three: query batches in the 1,024- and 2,048-token buckets (padding split).
-    for lengths in ([16], [1], [5, 40, 17], [64] * 8, [200, 311], [512], [8] * 120, [20] * 48,
-                    [500, 400, 300]):  # fmt: skip
+    # The last four: query batches in the buckets above 512 tokens, each padded up to its
+    # bucket (8 to 28 padding tokens).
+    for lengths in ([16], [1], [5, 40, 17], [64] * 8, [200, 311], [512], [8] * 119,
+                    [20] * 47 + [7], [500, 400, 300], [512] * 5 + [100]):  # fmt: skip
         sequences = [tokens(n) for n in lengths]
         assert runner.graphs.fits(lengths)
         graphed = runner.embed(sequences)
