@@ -189,7 +189,9 @@ def _part_args(
     return (base_url, *extra, list(requests), concurrency)
 
 
-async def sequential(base_url: str, texts: Sequence[str], interval_s: float = 0.0) -> Run:
+async def sequential(
+    base_url: str, texts: Sequence[str], interval_s: float = 0.0, encoding: str = "float"
+) -> Run:
     """One request at a time (or one every `interval_s`), one text each."""
     run = Run()
     async with aiohttp.ClientSession() as session:
@@ -197,7 +199,7 @@ async def sequential(base_url: str, texts: Sequence[str], interval_s: float = 0.
         for index, text in enumerate(texts):
             due = started + index * interval_s
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            await post(session, base_url + "/v1/embeddings", [text], "float", run)
+            await post(session, base_url + "/v1/embeddings", [text], encoding, run)
         run.wall_s = time.perf_counter() - started
     return run
 
