@@ -158,10 +158,12 @@ def spread(
     if processes <= 1:
         parts = [(kind, 0.0, _part_args(kind, base_url, requests, concurrency, extra))]
     else:
+        # the whole concurrency, split as evenly as it goes (128 over 12 is 8 x 11 + 4 x 10)
+        base, extra_one = divmod(concurrency, processes)
+        shares = [base + (i < extra_one) for i in range(processes)]
         parts = [
-            (kind, 0.0, _part_args(kind, base_url, requests[i::processes],
-                                   max(1, concurrency // processes), extra))
-            for i in range(processes)
+            (kind, 0.0, _part_args(kind, base_url, requests[i::processes], max(1, share), extra))
+            for i, share in enumerate(shares)
         ]  # fmt: skip
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(len(parts), mp_context=context) as pool:

@@ -18,7 +18,7 @@ given with --model-dir, and drives it over loopback from this separate process:
 Queries are 8-48 tokens and passages log-normal around 180 tokens (16-1024), made as in
 bench/engine.py. Then, with the server stopped, it runs bench/engine.py's matching workloads on
 the same architecture in the same run and prints the HTTP/engine ratios. The concurrent loads
-come from --client-processes processes (default 4; three times as many for the openai client,
+come from --client-processes processes (default 8; three times as many for the openai client,
 which spends milliseconds of CPU per request), so one Python client's CPU is not what is
 measured; each run reports its busiest client process's CPU share, and the share of a core the
 server's event loops (the API processes' main threads, summed) used.
@@ -312,9 +312,9 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, default=None, help="py-spy stacks file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--client-processes", type=int, default=None,
-                        help="client processes for the loads (default 4; --quick 2)")  # fmt: skip
+                        help="client processes for the loads (default 8; --quick 2)")  # fmt: skip
     args = parser.parse_args()
-    clients = args.client_processes or (2 if args.quick else 4)
+    clients = args.client_processes or (2 if args.quick else 8)
     from bench._systems import default_tokenizer_dir
 
     tokenizer = args.tokenizer or default_tokenizer_dir()
