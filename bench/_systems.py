@@ -21,7 +21,8 @@ from embedfleet_worker.engine.executor import EmbeddingEngine, EngineConfig
 from embedfleet_worker.engine.options import EmbedOptions
 from embedfleet_worker.engine.pooling import PoolingMode
 from embedfleet_worker.engine.tokenization import InputEncoder, probe_template
-from embedfleet_worker.model.runners.qwen3 import Qwen3Runner, Qwen3Shape
+from embedfleet_worker.model.runners.qwen3 import Qwen3Runner
+from embedfleet_worker.model.runners.qwen3_checkpoint import Qwen3Shape
 
 Vectors = npt.NDArray[np.float32]
 

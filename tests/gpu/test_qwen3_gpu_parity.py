@@ -16,7 +16,8 @@ from bench._systems import ARCHS, COMMON_ARCH
 from embedfleet_worker.engine.executor import EmbeddingEngine, EngineConfig
 from embedfleet_worker.engine.options import EmbedOptions
 from embedfleet_worker.engine.tokenization import InputEncoder, SequenceTemplate
-from embedfleet_worker.model.runners.qwen3 import Qwen3Runner, Qwen3Shape
+from embedfleet_worker.model.runners.qwen3 import Qwen3Runner
+from embedfleet_worker.model.runners.qwen3_checkpoint import Qwen3Shape
 
 pytestmark = [
     pytest.mark.gpu,

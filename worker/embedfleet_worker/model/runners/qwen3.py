@@ -8,69 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import math
 import time
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 
 from embedfleet_worker.engine.pooling import PoolingMode, pool_packed
+from embedfleet_worker.model.runners.qwen3_checkpoint import (
+    Qwen3Shape,
+    load_weights,
+    read_config,
+    weight_names,
+)
 from embedfleet_worker.model.runners.qwen3_ops import LayerOps, compile_available, rms_norm
-
-
-@dataclass(frozen=True)
-class Qwen3Shape:
-    """The parts of config.json that the forward pass needs."""
-
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    intermediate_size: int
-    vocab_size: int
-    rms_norm_eps: float
-    rope_theta: float
-    attention_bias: bool
-    max_positions: int
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Qwen3Shape:
-        if config.get("model_type") != "qwen3":
-            raise ValueError(f"not a Qwen3 checkpoint: model_type={config.get('model_type')!r}")
-        if config.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"unsupported hidden_act {config['hidden_act']!r}")
-        if config.get("use_sliding_window"):
-            raise ValueError("sliding-window attention is not supported")
-        # transformers 5 keeps RoPE settings in rope_parameters; 4.x in rope_theta/rope_scaling.
-        rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type != "default":
-            raise ValueError(f"unsupported RoPE type {rope_type!r}")
-        heads = int(config["num_attention_heads"])
-        kv_heads = int(config.get("num_key_value_heads") or heads)
-        if heads % kv_heads:
-            raise ValueError(f"{heads} attention heads not divisible by {kv_heads} kv heads")
-        hidden = int(config["hidden_size"])
-        return cls(
-            hidden_size=hidden,
-            num_layers=int(config["num_hidden_layers"]),
-            num_heads=heads,
-            num_kv_heads=kv_heads,
-            head_dim=int(config.get("head_dim") or hidden // heads),
-            intermediate_size=int(config["intermediate_size"]),
-            vocab_size=int(config["vocab_size"]),
-            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(config.get("rope_theta") or rope.get("rope_theta") or 10000.0),
-            attention_bias=bool(config.get("attention_bias", False)),
-            max_positions=int(config.get("max_position_embeddings", 40960)),
-        )
 
 
 @dataclass(frozen=True)
@@ -85,47 +40,6 @@ class _Layer:
     post_norm: torch.Tensor
     gate_up_weight: torch.Tensor  # gate and up projections fused likewise
     down_weight: torch.Tensor
-
-
-def _read_config(model_dir: Path) -> dict[str, Any]:
-    path = model_dir / "config.json"
-    if not path.is_file():
-        raise ValueError(f"no config.json in {model_dir}")
-    return cast(dict[str, Any], json.loads(path.read_text()))
-
-
-def _weight_files(model_dir: Path) -> dict[str, Path]:
-    """Checkpoint key -> the safetensors file holding it (single file or sharded)."""
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-        return {key: model_dir / name for key, name in weight_map.items()}
-    single = model_dir / "model.safetensors"
-    if not single.is_file():
-        raise ValueError(f"no model.safetensors or model.safetensors.index.json in {model_dir}")
-    with safe_open(str(single), framework="pt") as handle:
-        return dict.fromkeys(handle.keys(), single)
-
-
-def _load_weights(
-    model_dir: Path, names: list[str], device: torch.device, dtype: torch.dtype
-) -> dict[str, torch.Tensor]:
-    files = _weight_files(model_dir)
-    # Qwen3Model checkpoints have bare keys, Qwen3ForCausalLM ones a "model." prefix (and an
-    # lm_head, which we never ask for).
-    source = {name: name if name in files else f"model.{name}" for name in names}
-    missing = [name for name, key in source.items() if key not in files]
-    if missing:
-        raise ValueError(f"checkpoint in {model_dir} lacks {len(missing)} weights: {missing[:5]}")
-    by_file: dict[Path, list[str]] = {}
-    for name in names:
-        by_file.setdefault(files[source[name]], []).append(name)
-    weights: dict[str, torch.Tensor] = {}
-    for path, file_names in by_file.items():
-        with safe_open(str(path), framework="pt", device=str(device)) as handle:
-            for name in file_names:
-                weights[name] = handle.get_tensor(source[name]).to(dtype)
-    return weights
 
 
 LONG_SEQUENCE = 4096  # from here on, per-sequence SDPA (cuDNN/flash) beats FA2 varlen
@@ -250,20 +164,6 @@ class Qwen3Runner:
         self.prepare_seconds: dict[str, float] = {}  # start-up phases, for the engine's log
 
     @classmethod
-    def weight_names(cls, shape: Qwen3Shape) -> list[str]:
-        per_layer = [
-            "input_layernorm.weight",
-            "post_attention_layernorm.weight",
-            *(f"self_attn.{p}_proj.weight" for p in "qkvo"),
-            *(f"self_attn.{p}_proj.bias" for p in ("qkvo" if shape.attention_bias else "")),
-            "self_attn.q_norm.weight",
-            "self_attn.k_norm.weight",
-            *(f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")),
-        ]
-        layers = [f"layers.{i}.{n}" for i in range(shape.num_layers) for n in per_layer]
-        return ["embed_tokens.weight", "norm.weight", *layers]
-
-    @classmethod
     def from_pretrained(
         cls,
         model_dir: Path,
@@ -272,9 +172,9 @@ class Qwen3Runner:
         dtype: torch.dtype,
         fused_norms: bool = False,
     ) -> Qwen3Runner:
-        shape = Qwen3Shape.from_config(_read_config(model_dir))
+        shape = Qwen3Shape.from_config(read_config(model_dir))
         with torch.inference_mode():
-            weights = _load_weights(model_dir, cls.weight_names(shape), device, dtype)
+            weights = load_weights(model_dir, weight_names(shape), device, dtype)
             runner = cls(shape, weights, device=device, dtype=dtype, fused_norms=fused_norms)
         runner.prepare()
         return runner
