@@ -100,7 +100,10 @@ class SmallBatchGraphs:
         self.buckets = sorted(buckets, key=lambda b: (b.tokens, b.slots))
         self.captured = [_Captured(bucket, runner.device) for bucket in self.buckets]
         pool = torch.cuda.graph_pool_handle()
-        for captured in self.captured:
+        # Largest first (as vLLM captures): each smaller graph then reuses the pool's blocks
+        # rather than growing it. Sharing is safe in any replay order because every output is
+        # cloned right after its replay, and the static inputs live outside the pool.
+        for captured in reversed(self.captured):
             captured.fill([[0] * min(captured.bucket.tokens, captured.bucket.longest)])
             side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
             side.wait_stream(torch.cuda.current_stream())
