@@ -26,24 +26,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bench._measure import timed
 from bench._systems import build_model, build_runner, make_config
 from embedfleet_worker.model.runners.qwen3 import Qwen3Runner
-
-
-def timed(fn: Callable[[], Any], repeats: int = 10, warmup: int = 3) -> float:
-    """Median seconds per call, on the GPU clock."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
-    return sorted(times)[len(times) // 2]
 
 
 def matmul_rates(runner: Qwen3Runner, tokens: int) -> dict[str, float]:

@@ -20,34 +20,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import json
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
 from bench._inputs import query_lengths
+from bench._measure import timed
 from bench._systems import build_model, build_runner, make_config
 from embedfleet_worker.model.runners.qwen3 import Qwen3Runner
 from embedfleet_worker.model.runners.qwen3_graphs import Bucket, SmallBatchGraphs
 
 SIZES = (1, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 256)
-
-
-def gpu_ms(fn: Callable[[], Any], repeats: int) -> float:
-    """Median wall milliseconds per call, synchronised (the host's launches count too)."""
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return float(np.median(times))
 
 
 def parse_buckets(text: str) -> list[Bucket]:
@@ -84,7 +68,8 @@ def main() -> None:
             if name == "candidate" and candidate is None:
                 continue
             runner.graphs = graphs
-            row[f"{name}_ms"] = gpu_ms(lambda b=batch: runner.embed(b), args.repeats)  # type: ignore[misc]
+            seconds = timed(lambda b=batch: runner.embed(b), args.repeats, warmup=2)  # type: ignore[misc]
+            row[f"{name}_ms"] = 1000 * seconds
         runner.graphs = shipped
         rows.append(row)
         cells = "  ".join(
