@@ -133,20 +133,24 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _run_part(kind: str, start_at: float, args: tuple[Any, ...]) -> tuple[Run, float, float]:
-    """One client process's share: waits for the common start, runs, returns (run, start, end)
-    on the wall clock shared by all processes."""
+def _run_part(
+    kind: str, args: tuple[Any, ...], ready: Any, answers: Any
+) -> None:  # fmt: skip
+    """One client process's share. It warms up first and then waits at `ready` for every other
+    client process and the parent, so all start together: a process still importing or
+    connecting while others run would leave its share of the concurrency idle on the clock.
+    Puts (run, start, end) on the wall clock shared by all processes into `answers`."""
     if kind == "openai":  # one request first: a long-lived client has imported, built its
         # response models and connected before; this process must not pay that on the clock
         base_url, model, requests, _ = args
         asyncio.run(openai_requests(base_url, model, requests[:1], 1))
-    time.sleep(max(0.0, start_at - time.time()))
+    ready.wait()
     cpu = _cpu_seconds()
     started = time.time()
     load = raw_requests if kind == "raw" else openai_requests
     run = asyncio.run(load(*args))  # type: ignore[operator]
     run.client_cpu = (_cpu_seconds() - cpu) / max(run.wall_s, 1e-9)
-    return run, started, time.time()
+    answers.put((run, started, time.time()))
 
 
 def spread(
@@ -155,22 +159,26 @@ def spread(
 ) -> Run:  # fmt: skip
     """`raw_requests` ("raw", extra=(encoding,)) or `openai_requests` ("openai", extra=(model,))
     with the requests and the concurrency split over `processes` client processes."""
-    if processes <= 1:
-        parts = [(kind, 0.0, _part_args(kind, base_url, requests, concurrency, extra))]
-    else:
-        # the whole concurrency, split as evenly as it goes (128 over 12 is 8 x 11 + 4 x 10)
-        base, extra_one = divmod(concurrency, processes)
-        shares = [base + (i < extra_one) for i in range(processes)]
-        parts = [
-            (kind, 0.0, _part_args(kind, base_url, requests[i::processes], max(1, share), extra))
-            for i, share in enumerate(shares)
-        ]  # fmt: skip
+    processes = max(1, processes)
+    # the whole concurrency, split as evenly as it goes (128 over 12 is 8 x 11 + 4 x 10)
+    base, extra_one = divmod(concurrency, processes)
+    parts = [
+        _part_args(kind, base_url, requests[i::processes], max(1, base + (i < extra_one)), extra)
+        for i in range(processes)
+    ]  # fmt: skip
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(len(parts), mp_context=context) as pool:
-        list(pool.map(time.sleep, [0.0] * len(parts)))  # every process up and imported
-        start_at = time.time() + 0.5
-        futures = [pool.submit(_run_part, k, start_at, a) for k, _, a in parts]
-        results = [future.result() for future in futures]
+    ready = context.Barrier(len(parts) + 1)
+    answers = context.Queue()
+    workers = [
+        context.Process(target=_run_part, args=(kind, part, ready, answers), daemon=True)
+        for part in parts
+    ]  # fmt: skip
+    for worker in workers:
+        worker.start()
+    ready.wait(timeout=300)  # every process imported and warmed up
+    results = [answers.get(timeout=1800) for _ in workers]
+    for worker in workers:
+        worker.join()
     merged = Run(clients=len(parts))
     for run, _, _ in results:
         merged.texts += run.texts
