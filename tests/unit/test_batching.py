@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from embedfleet_worker.engine.batching import BatchPlan, QueuedRequest, plan_batch
+from embedfleet_worker.engine.batching import BatchPlan, QueuedRequest, largest_batch, plan_batch
 
 
 def q(request_id: int, *tokens: int) -> QueuedRequest:
@@ -103,3 +103,27 @@ def test_interactive_requests_get_short_batches(
         interactive_batch_tokens=256,
     )
     assert plan == expected
+
+
+@pytest.mark.parametrize(
+    ("max_batch_tokens", "max_input_tokens", "ids", "lengths"),
+    [
+        (16384, 40960, [5, 6], [16384]),  # Qwen3: one input fills the batch
+        (16384, 512, [7], [512] * 32),  # MiniLM-like: many inputs of the longest length
+        (1000, 300, [1, 2, 3], [300, 300, 300, 100]),  # the remainder comes last
+        (3, 8, [9, 8, 7, 6], [3]),
+    ],
+)
+def test_largest_batch(
+    max_batch_tokens: int, max_input_tokens: int, ids: list[int], lengths: list[int]
+) -> None:
+    batch = largest_batch(max_batch_tokens, max_input_tokens, ids)
+    assert [len(sequence) for sequence in batch] == lengths
+    assert batch[0][: len(ids)] == ids[: lengths[0]]  # the ids, repeated in order
+    assert {token for sequence in batch for token in sequence} <= set(ids)
+
+
+@pytest.mark.parametrize(("tokens", "longest", "ids"), [(0, 8, [1]), (8, 0, [1]), (8, 8, [])])
+def test_largest_batch_rejects_empty_sizes(tokens: int, longest: int, ids: list[int]) -> None:
+    with pytest.raises(ValueError, match="positive sizes"):
+        largest_batch(tokens, longest, ids)

@@ -100,3 +100,22 @@ def _round_robin(
             inputs += 1
             progressed = True
     return BatchPlan(take, inputs, tokens)
+
+
+def largest_batch(
+    max_batch_tokens: int, max_input_tokens: int, token_ids: Sequence[int]
+) -> list[list[int]]:
+    """A batch of exactly `max_batch_tokens` tokens in inputs of at most `max_input_tokens`,
+    the ids repeated. Run once before Ready, it makes the GPU allocator reserve the most memory
+    any batch needs, so no request waits for that memory to be allocated (measured on an H200:
+    a fresh 4B worker's first 8K-token request took 90 ms longer in the engine than later ones,
+    as it grew the reserved memory by 1.3 GiB)."""
+    if max_batch_tokens < 1 or max_input_tokens < 1 or not token_ids:
+        raise ValueError("largest_batch needs positive sizes and at least one token id")
+    batch: list[list[int]] = []
+    left = max_batch_tokens
+    while left:
+        length = min(left, max_input_tokens)
+        batch.append([token_ids[i % len(token_ids)] for i in range(length)])
+        left -= length
+    return batch

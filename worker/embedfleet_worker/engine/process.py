@@ -20,6 +20,7 @@ import time
 from functools import partial
 
 from embedfleet_worker.engine import wire
+from embedfleet_worker.engine.batching import largest_batch
 from embedfleet_worker.engine.errors import EmbeddingError
 from embedfleet_worker.engine.executor import EmbeddingEngine, EmbeddingResult, EngineConfig, Ticket
 from embedfleet_worker.engine.options import EmbedOptions
@@ -110,10 +111,18 @@ def _load(
     try:
         loaded = load_model(spec)
         # Warm-up: the first forward pass allocates and autotunes; do it before Ready.
-        loaded.runner.embed([loaded.encoder.encode(["warm up"], EmbedOptions())[0]])
+        warm = loaded.encoder.encode(["warm up"], EmbedOptions())[0]
+        loaded.runner.embed([warm])
         # The total is the HTTP process's "model ready" load_seconds; here its parts:
-        # compilation, attention plans and CUDA-graph capture (Qwen3 on a GPU).
-        log.info("model prepared", extra={"phases": getattr(loaded.runner, "prepare_seconds", {})})
+        # compilation, attention plans and CUDA-graph capture (Qwen3 on a GPU), and the
+        # largest batch's memory.
+        phases = dict(getattr(loaded.runner, "prepare_seconds", {}))
+        if loaded.runner.device.type == "cuda":
+            started_batch = time.perf_counter()
+            batch = largest_batch(config.max_batch_tokens, loaded.encoder.max_input_tokens, warm)
+            loaded.runner.embed(batch)
+            phases["largest_batch"] = round(time.perf_counter() - started_batch, 2)
+        log.info("model prepared", extra={"phases": phases})
     except Exception as error:  # reported by the HTTP process through /health and its log
         for outbox in outboxes:
             outbox.put(("failed", f"{type(error).__name__}: {error}"))
