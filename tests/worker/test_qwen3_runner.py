@@ -96,6 +96,22 @@ def test_batch_invariance(runner: Qwen3Runner) -> None:
         assert torch.allclose(vector, alone, atol=1e-5)
 
 
+def test_stepped_forward_runs_half_layers_and_matches_embed(runner: Qwen3Runner) -> None:
+    """The engine runs waiting queries between a bulk batch's steps: each step is half a
+    layer (attention, then MLP), and stepping gives exactly the one-call vectors."""
+    sequences = _tokenize(TEXTS)
+    forward = runner.start(sequences)
+    steps = 0
+    with torch.inference_mode():
+        while not forward.step():
+            steps += 1
+            assert forward.layer == steps // 2
+        stepped = forward.result()
+    assert steps + 1 == 2 * len(runner.layers)
+    assert forward.step()  # done stays done
+    torch.testing.assert_close(stepped, runner.embed(sequences), rtol=0, atol=0)
+
+
 def _copy_checkpoint(source: Path, target: Path) -> dict[str, torch.Tensor]:
     shutil.copytree(source, target)
     (target / "model.safetensors").unlink()
