@@ -133,13 +133,13 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _run_part(
-    kind: str, args: tuple[Any, ...], ready: Any, answers: Any
-) -> None:  # fmt: skip
-    """One client process's share. It warms up first and then waits at `ready` for every other
-    client process and the parent, so all start together: a process still importing or
-    connecting while others run would leave its share of the concurrency idle on the clock.
-    Puts (run, start, end) on the wall clock shared by all processes into `answers`."""
+def _run_part(kind: str, inbox: Any, ready: Any, answers: Any) -> None:
+    """One client process's share, its arguments from `inbox`. It warms up first and then
+    waits at `ready` for every other client process and the parent, so all start together: a
+    process still importing or connecting while others run would leave its share of the
+    concurrency idle on the clock. Puts (run, start, end) on the wall clock shared by all
+    processes into `answers`."""
+    args = inbox.get()
     if kind == "openai":  # one request first: a long-lived client has imported, built its
         # response models and connected before; this process must not pay that on the clock
         base_url, model, requests, _ = args
@@ -169,12 +169,17 @@ def spread(
     context = multiprocessing.get_context("spawn")
     ready = context.Barrier(len(parts) + 1)
     answers = context.Queue()
+    # The parts go through queues once every process runs: as Process arguments, each start
+    # would wait for that child to import and read them (megabytes of passages), one by one.
+    inboxes = [context.Queue() for _ in parts]
     workers = [
-        context.Process(target=_run_part, args=(kind, part, ready, answers), daemon=True)
-        for part in parts
+        context.Process(target=_run_part, args=(kind, inbox, ready, answers), daemon=True)
+        for inbox in inboxes
     ]  # fmt: skip
     for worker in workers:
         worker.start()
+    for inbox, part in zip(inboxes, parts, strict=True):
+        inbox.put(part)
     ready.wait(timeout=300)  # every process imported and warmed up
     results = [answers.get(timeout=1800) for _ in workers]
     for worker in workers:
