@@ -151,3 +151,47 @@ def test_graphs_long_sequences_and_stepping_match(
     ours = runner.embed(long)
     cosine = torch.nn.functional.cosine_similarity(ours, reference(model, long), dim=-1)
     assert cosine.min().item() >= 0.999, cosine
+
+
+@pytest.mark.parametrize("priority_query_stream", [False, True])
+def test_queries_between_bulk_steps_match(
+    models: tuple[torch.nn.Module, Qwen3Runner], priority_query_stream: bool
+) -> None:
+    """Queries that arrive while a bulk batch runs step by step (on the bulk's stream, or on
+    a high-priority stream beside it) get the vectors they get alone, and so does the bulk."""
+    _, runner = models
+    if runner.graphs is None:
+        runner.prepare()
+    encoder = InputEncoder(
+        None, SequenceTemplate((), (ENDOFTEXT,), ENDOFTEXT), max_input_tokens=32768,
+        vocab_size=151669,
+    )  # fmt: skip
+    config = EngineConfig(max_batch_tokens=16384, priority_query_stream=priority_query_stream)
+    engine = EmbeddingEngine(runner, encoder, config)
+    bulk = [[1000 + i] * 999 for i in range(16)]
+    queries = [[500 + i, 600 + i] * (4 + i) for i in range(12)]
+
+    async def mixed() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        bulk_task = asyncio.ensure_future(engine.embed(bulk, EmbedOptions()))
+        answers = []
+        for query in queries:
+            await asyncio.sleep(0.004)
+            answers.append(asyncio.ensure_future(engine.embed([query], EmbedOptions())))
+        done = await asyncio.gather(*answers)
+        return (
+            [torch.from_numpy(v) for v in (await bulk_task).vectors],
+            [torch.from_numpy(r.vectors[0]) for r in done],
+        )
+
+    engine.start()
+    try:
+        bulk_vectors, query_vectors = asyncio.run(mixed())
+        assert engine.interleaved_batches > 0
+    finally:
+        engine.stop()
+    for got, sequences in ((bulk_vectors, bulk), (query_vectors, queries)):
+        alone = torch.nn.functional.normalize(
+            runner.embed([[*s, ENDOFTEXT] for s in sequences]).cpu(), dim=-1
+        )
+        cosine = torch.nn.functional.cosine_similarity(torch.stack(got), alone, dim=-1)
+        assert cosine.min().item() >= 0.999, cosine

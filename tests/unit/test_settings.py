@@ -59,3 +59,11 @@ def test_fused_norms_is_opt_in_by_flag_or_environment() -> None:
     assert parse_settings([], environ={}).fused_norms is False
     assert parse_settings(["--fused-norms"], environ={}).fused_norms is True
     assert parse_settings([], environ={"EMBEDFLEET_FUSED_NORMS": "1"}).fused_norms is True
+
+
+def test_priority_query_stream_is_opt_in_by_flag_or_environment() -> None:
+    assert parse_settings([], environ={}).priority_query_stream is False
+    flag = parse_settings(["--priority-query-stream"], environ={})
+    assert flag.priority_query_stream is True
+    env = parse_settings([], environ={"EMBEDFLEET_PRIORITY_QUERY_STREAM": "true"})
+    assert env.priority_query_stream is True

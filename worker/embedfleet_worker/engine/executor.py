@@ -10,12 +10,13 @@ own process instead (`engine.process`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -59,6 +60,9 @@ class EngineConfig:
     interactive_tokens: int = 512
     interactive_batch_tokens: int = 2048
     tokenizer_threads: int = 2
+    # CUDA: queries run between a bulk batch's steps go on a high-priority stream, beside
+    # the bulk step still queued, instead of behind it (opt-in until measured)
+    priority_query_stream: bool = False
 
 
 class EngineObserver(Protocol):
@@ -129,6 +133,7 @@ class EmbeddingEngine:
         self._request_encoder = RequestEncoder(encoder, self.config.tokenizer_threads)
         self.busy_seconds = 0.0
         self.interleaved_batches = 0  # query batches run between a bulk batch's layers
+        self._query_stream = _priority_stream(runner.device) if c.priority_query_stream else None
 
     # ----------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -272,7 +277,8 @@ class EmbeddingEngine:
                         if small:
                             before = time.perf_counter()
                             self.interleaved_batches += 1
-                            self._execute(small, stepped=False)
+                            with _on_stream(self._query_stream):
+                                self._execute(small, stepped=False)
                             nested += time.perf_counter() - before
                     pooled = forward.result()
                 else:
@@ -330,3 +336,19 @@ def _resolve(
     else:
         assert result is not None
         future.set_result(result)
+
+
+def _priority_stream(device: torch.device) -> torch.cuda.Stream | None:
+    """The device's highest-priority stream (CUDA only): its kernels take SMs as the running
+    bulk kernels free them, ahead of the bulk's queued ones."""
+    if device.type != "cuda":
+        return None
+    # a lower number is a higher priority; beyond the device's range torch takes its highest
+    return torch.cuda.Stream(device=device, priority=-100)  # type: ignore[no-untyped-call]
+
+
+def _on_stream(stream: torch.cuda.Stream | None) -> contextlib.AbstractContextManager[Any]:
+    """Work issued inside runs on `stream` (None: where it would anyway). A query batch's
+    inputs, graph replay and read-back all stay on it; nothing it uses is shared with the bulk
+    batch, and its `.cpu()` waits for that stream alone."""
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
