@@ -70,6 +70,11 @@ class _Captured:
         self.last = torch.zeros(bucket.slots, dtype=torch.long, device=device)
         self.graph: Any = None
         self.output: torch.Tensor | None = None
+        # The inputs are staged in pinned host memory and copied without waiting for the GPU,
+        # so the engine can fill the next batch while the one before it still runs.
+        pinned = device.type == "cuda"
+        self.staged = [torch.zeros_like(t, device="cpu", pin_memory=pinned) for t in self.inputs]
+        self.copied: Any = None  # the CUDA event after the last fill's copies
 
     def fill(self, sequences: Sequence[Sequence[int]]) -> None:
         b = self.bucket
@@ -88,10 +93,20 @@ class _Captured:
             *([b.tokens] * (b.pad_slots - len(pads))),
         ]
         last = [end - 1 for end in ends] + [0] * (b.slots - len(lengths))
-        self.ids.copy_(torch.tensor(ids, dtype=torch.long))
-        self.positions.copy_(torch.tensor(positions, dtype=torch.long))
-        self.cu_seqlens.copy_(torch.tensor(cu, dtype=torch.int32))
-        self.last.copy_(torch.tensor(last, dtype=torch.long))
+        if self.copied is not None:
+            self.copied.synchronize()  # the last fill's copies have read the staging buffers
+        for target, staged, values in zip(
+            self.inputs, self.staged, (ids, positions, cu, last), strict=True
+        ):
+            staged.numpy()[:] = values
+            target.copy_(staged, non_blocking=True)
+        if self.ids.is_cuda:
+            self.copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            self.copied.record()
+
+    @property
+    def inputs(self) -> tuple[torch.Tensor, ...]:
+        return (self.ids, self.positions, self.cu_seqlens, self.last)
 
 
 class SmallBatchGraphs:
