@@ -34,6 +34,7 @@ class WorkerSettings:
     offline: bool = False
     fused_norms: bool = False
     priority_query_stream: bool = False
+    pipeline_query_batches: bool = False
     drain_timeout_seconds: float = 30.0
     # Connections: see http/connections.py (spreading keep-alive clients) and the README.
     max_connection_age_seconds: float = 5.0
@@ -99,6 +100,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--priority-query-stream", action="store_true", default=False,
         help="CUDA: run queries that arrive during a bulk batch on a high-priority stream "
         "beside it instead of behind its queued step (experimental, see BENCHMARKS.md)",
+    )  # fmt: skip
+    add(
+        "--pipeline-query-batches", action="store_true", default=False,
+        help="CUDA: launch the next query batch before delivering the one before it "
+        "(experimental, see BENCHMARKS.md)",
     )  # fmt: skip
     add("--drain-timeout-seconds", type=float, default=30.0)
     add(

@@ -10,18 +10,18 @@ own process instead (`engine.process`)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
+from embedfleet_worker.engine.device import ReadBack, on_stream, priority_stream
 from embedfleet_worker.engine.errors import (
     BatchFailedError,
     EngineUnavailableError,
@@ -63,6 +63,9 @@ class EngineConfig:
     # CUDA: queries run between a bulk batch's steps go on a high-priority stream, beside
     # the bulk step still queued, instead of behind it (opt-in until measured)
     priority_query_stream: bool = False
+    # CUDA: the next query batch is launched before the one before it is delivered, so
+    # the GPU does not wait for the delivery (opt-in until measured)
+    pipeline_query_batches: bool = False
 
 
 class EngineObserver(Protocol):
@@ -96,6 +99,15 @@ class _Request(ScheduledRequest):
     on_done: Completion
     results: list[Vectors | None] = field(default_factory=list)
     done: int = 0  # inputs whose vectors are back
+
+
+@dataclass
+class _Launched:
+    """A query batch launched on the GPU whose vectors are still on their way back."""
+
+    batch: list[tuple[_Request, int]]
+    started: float
+    vectors: ReadBack
 
 
 Ticket = _Request  # what `submit` returns: something to `cancel()`
@@ -133,7 +145,9 @@ class EmbeddingEngine:
         self._request_encoder = RequestEncoder(encoder, self.config.tokenizer_threads)
         self.busy_seconds = 0.0
         self.interleaved_batches = 0  # query batches run between a bulk batch's layers
-        self._query_stream = _priority_stream(runner.device) if c.priority_query_stream else None
+        self.pipelined_batches = 0  # query batches launched before the last was delivered
+        self._busy_until = 0.0  # the end of the last delivered pipelined batch
+        self._query_stream = priority_stream(runner.device) if c.priority_query_stream else None
 
     # ----------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -213,17 +227,32 @@ class EmbeddingEngine:
 
     # ----------------------------------------------------------------------- compute thread
     def _run(self) -> None:
-        while (next_batch := self._next_batch()) is not None:
+        launched: _Launched | None = None  # a query batch on the GPU, not yet delivered
+        while (next_batch := self._next_batch(wait=launched is None)) is not None:
             batch, queries_only = next_batch
+            if batch and queries_only and self.config.pipeline_query_batches:
+                ahead = self._launch(batch)
+                if launched is not None:
+                    self.pipelined_batches += ahead is not None
+                    self._deliver(launched)
+                launched = ahead
+                continue
+            if launched is not None:
+                self._deliver(launched)
+                launched = None
             if batch:
                 self._execute(batch, stepped=not queries_only)
+        if launched is not None:
+            self._deliver(launched)
 
-    def _next_batch(self) -> tuple[list[tuple[_Request, int]], bool] | None:
-        """The next batch (waiting for one) and whether it holds queries only; None once
-        stopping with nothing queued."""
+    def _next_batch(self, *, wait: bool = True) -> tuple[list[tuple[_Request, int]], bool] | None:
+        """The next batch (waiting for one unless `wait` is False: then an empty one) and
+        whether it holds queries only; None once stopping with nothing queued."""
         with self._cond:
             scheduler = self._scheduler
             while not scheduler.queue and not self._stopping:
+                if not wait:
+                    return [], False
                 self._cond.wait()
             if scheduler.drop_abandoned():
                 self.observer.on_queue_depth(*scheduler.depth)
@@ -277,7 +306,7 @@ class EmbeddingEngine:
                         if small:
                             before = time.perf_counter()
                             self.interleaved_batches += 1
-                            with _on_stream(self._query_stream):
+                            with on_stream(self._query_stream):
                                 self._execute(small, stepped=False)
                             nested += time.perf_counter() - before
                     pooled = forward.result()
@@ -295,6 +324,42 @@ class EmbeddingEngine:
             busy = time.perf_counter() - started - nested
             self.busy_seconds += busy
         self.observer.on_batch(len(batch), tokens, busy)
+        self._deliver_rows(batch, vectors)
+
+    def _launch(self, batch: list[tuple[_Request, int]]) -> _Launched | None:
+        """Starts a query batch and its vectors' read-back without waiting for the GPU; None
+        if it failed (its requests are failed)."""
+        started = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                pooled = self.runner.embed([request.sequences[i] for request, i in batch])
+                rows = finalize_rows(
+                    pooled,
+                    [(request.normalize, request.options.dimensions) for request, _ in batch],
+                )
+                return _Launched(batch, started, ReadBack.start(rows))
+        except Exception as error:
+            self._fail({request for request, _ in batch}, error)
+            return None
+
+    def _deliver(self, launched: _Launched) -> None:
+        """Waits for a launched batch's vectors and completes the requests it ends. Its busy
+        time is what it adds to the batches before it (they overlap on the clock)."""
+        batch = launched.batch
+        try:
+            vectors = launched.vectors.wait()
+        except Exception as error:
+            self._fail({request for request, _ in batch}, error)
+            return
+        finished = time.perf_counter()
+        busy = finished - max(launched.started, self._busy_until)
+        self._busy_until = finished
+        self.busy_seconds += busy
+        tokens = sum(len(request.sequences[i]) for request, i in batch)
+        self.observer.on_batch(len(batch), tokens, busy)
+        self._deliver_rows(batch, vectors)
+
+    def _deliver_rows(self, batch: list[tuple[_Request, int]], vectors: Vectors) -> None:
         for row, (request, index) in enumerate(batch):
             if request.abandoned:
                 continue
@@ -336,19 +401,3 @@ def _resolve(
     else:
         assert result is not None
         future.set_result(result)
-
-
-def _priority_stream(device: torch.device) -> torch.cuda.Stream | None:
-    """The device's highest-priority stream (CUDA only): its kernels take SMs as the running
-    bulk kernels free them, ahead of the bulk's queued ones."""
-    if device.type != "cuda":
-        return None
-    # a lower number is a higher priority; beyond the device's range torch takes its highest
-    return torch.cuda.Stream(device=device, priority=-100)  # type: ignore[no-untyped-call]
-
-
-def _on_stream(stream: torch.cuda.Stream | None) -> contextlib.AbstractContextManager[Any]:
-    """Work issued inside runs on `stream` (None: where it would anyway). A query batch's
-    inputs, graph replay and read-back all stay on it; nothing it uses is shared with the bulk
-    batch, and its `.cpu()` waits for that stream alone."""
-    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
