@@ -88,7 +88,12 @@ def _engine() -> Schema:
     return _obj(
         {
             "maxBatchTokens": _int(
-                256, 1 << 20, default=16384, description="Token budget of one forward batch."
+                256,
+                1 << 20,
+                default=16384,
+                description="Token budget of one forward batch. On a GPU each worker runs one "
+                "batch of this size before it turns Ready, so a budget the GPU cannot hold "
+                "fails at start-up, not under load.",
             ),
             "maxBatchSize": _int(1, 4096, default=256, description="Inputs per batch at most."),
             "maxInputTokens": _int(
