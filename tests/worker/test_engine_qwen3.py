@@ -197,6 +197,8 @@ def test_pipelined_query_batches_give_the_same_vectors(qwen3: LoadedModel) -> No
     def run(pipelined: bool) -> tuple[list[np.ndarray], EmbeddingEngine]:
         config = EngineConfig(max_batch_tokens=512, pipeline_query_batches=pipelined)
         engine = EmbeddingEngine(qwen3.runner, qwen3.encoder, config)
+        assert not engine.pipelining  # a CPU has nothing to overlap; the flag is for GPUs
+        engine.pipelining = pipelined  # but the loop's order is the same on a CPU: test it here
         engine.start()
 
         async def all_at_once() -> list[np.ndarray]:

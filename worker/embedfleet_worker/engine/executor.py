@@ -99,6 +99,7 @@ class _Request(ScheduledRequest):
     on_done: Completion
     results: list[Vectors | None] = field(default_factory=list)
     done: int = 0  # inputs whose vectors are back
+    failed: bool = False  # told of a failure once; a later failing batch does not tell it again
 
 
 @dataclass
@@ -148,6 +149,9 @@ class EmbeddingEngine:
         self.pipelined_batches = 0  # query batches launched before the last was delivered
         self._busy_until = 0.0  # the end of the last delivered pipelined batch
         self._query_stream = priority_stream(runner.device) if c.priority_query_stream else None
+        # On a CPU nothing overlaps: a launched batch is already computed, and pipelining would
+        # only hold its answers until the next batch is computed too.
+        self.pipelining = c.pipeline_query_batches and runner.device.type == "cuda"
 
     # ----------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -230,7 +234,7 @@ class EmbeddingEngine:
         launched: _Launched | None = None  # a query batch on the GPU, not yet delivered
         while (next_batch := self._next_batch(wait=launched is None)) is not None:
             batch, queries_only = next_batch
-            if batch and queries_only and self.config.pipeline_query_batches:
+            if batch and queries_only and self.pipelining:
                 ahead = self._launch(batch)
                 if launched is not None:
                     self.pipelined_batches += ahead is not None
@@ -286,9 +290,11 @@ class EmbeddingEngine:
         meanwhile would only delay), finalises its vectors on the device for the whole batch
         at once, and completes the requests it ends.
 
-        Launching the next batch before delivering this one was measured and dropped: query
-        batches are bound by kernel launches on this thread, so it delayed every answer by one
-        launch and halved the batches (H200, 4B, single queries over HTTP: 945 -> 632/s)."""
+        Query batches can instead be launched before the one before them is delivered
+        (`pipeline_query_batches`, `_launch`/`_deliver`). Before query batches ran as CUDA
+        graphs that was measured and dropped: their kernel launches on this thread delayed
+        every answer by one launch and halved the batches (H200, 4B, single queries over
+        HTTP: 945 -> 632/s)."""
         sequences = [request.sequences[index] for request, index in batch]
         tokens = sum(len(s) for s in sequences)
         started = time.perf_counter()
@@ -386,7 +392,9 @@ class EmbeddingEngine:
                 self.observer.on_queue_depth(*self._scheduler.depth)
         failure = BatchFailedError(f"the model failed on this batch: {type(error).__name__}")
         for request in requests:
-            request.on_done(None, failure)
+            if not request.failed:  # its inputs may span two failing batches
+                request.failed = True
+                request.on_done(None, failure)
 
 
 def _resolve(

@@ -28,7 +28,8 @@ class Forward(Protocol):
     """A batch in flight, advanced one layer at a time."""
 
     def step(self) -> bool:
-        """Runs the next layer; True once all have run."""
+        """Runs the next part of the forward pass (Qwen3: half a layer); True once all have
+        run."""
         ...
 
     def result(self) -> torch.Tensor:
