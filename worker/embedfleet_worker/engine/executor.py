@@ -318,11 +318,7 @@ class EmbeddingEngine:
                     pooled = forward.result()
                 else:
                     pooled = self.runner.embed(sequences)
-                rows = finalize_rows(
-                    pooled,
-                    [(request.normalize, request.options.dimensions) for request, _ in batch],
-                )
-                vectors = rows.float().cpu().numpy()
+                vectors = _finalized(batch, pooled).float().cpu().numpy()
         except Exception as error:
             self._fail({request for request, _ in batch}, error)
             return
@@ -339,11 +335,7 @@ class EmbeddingEngine:
         try:
             with torch.inference_mode():
                 pooled = self.runner.embed([request.sequences[i] for request, i in batch])
-                rows = finalize_rows(
-                    pooled,
-                    [(request.normalize, request.options.dimensions) for request, _ in batch],
-                )
-                return _Launched(batch, started, ReadBack.start(rows))
+                return _Launched(batch, started, ReadBack.start(_finalized(batch, pooled)))
         except Exception as error:
             self._fail({request for request, _ in batch}, error)
             return None
@@ -395,6 +387,13 @@ class EmbeddingEngine:
             if not request.failed:  # its inputs may span two failing batches
                 request.failed = True
                 request.on_done(None, failure)
+
+
+def _finalized(batch: list[tuple[_Request, int]], pooled: torch.Tensor) -> torch.Tensor:
+    """The batch's pooled rows with each row's request options applied, on the device."""
+    return finalize_rows(
+        pooled, [(request.normalize, request.options.dimensions) for request, _ in batch]
+    )
 
 
 def _resolve(
