@@ -59,12 +59,3 @@ def test_fused_norms_is_opt_in_by_flag_or_environment() -> None:
     assert parse_settings([], environ={}).fused_norms is False
     assert parse_settings(["--fused-norms"], environ={}).fused_norms is True
     assert parse_settings([], environ={"EMBEDFLEET_FUSED_NORMS": "1"}).fused_norms is True
-
-
-@pytest.mark.parametrize("name", ["priority_query_stream", "pipeline_query_batches"])
-def test_engine_experiments_are_opt_in_by_flag_or_environment(name: str) -> None:
-    assert getattr(parse_settings([], environ={}), name) is False
-    flag = parse_settings(["--" + name.replace("_", "-")], environ={})
-    assert getattr(flag, name) is True
-    env = parse_settings([], environ={"EMBEDFLEET_" + name.upper(): "true"})
-    assert getattr(env, name) is True

@@ -187,40 +187,6 @@ def test_single_queries_are_not_starved_by_a_bulk_request(qwen3: LoadedModel) ->
     assert mixed_p99 <= 30 * solo_p99 + 0.05
 
 
-def test_pipelined_query_batches_give_the_same_vectors(qwen3: LoadedModel) -> None:
-    """With --pipeline-query-batches the next query batch is launched before the one before
-    it is delivered: every request still gets its own vectors (here against an engine
-    without it), each exactly once, including requests of several inputs and mixed options."""
-    texts = [f"query number {i} about {TEXTS[i % len(TEXTS)][:40]}" for i in range(240)]
-    options = [EmbedOptions(dimensions=32 if i % 3 == 0 else None) for i in range(len(texts))]
-
-    def run(pipelined: bool) -> tuple[list[np.ndarray], EmbeddingEngine]:
-        config = EngineConfig(max_batch_tokens=512, pipeline_query_batches=pipelined)
-        engine = EmbeddingEngine(qwen3.runner, qwen3.encoder, config)
-        assert not engine.pipelining  # a CPU has nothing to overlap; the flag is for GPUs
-        engine.pipelining = pipelined  # but the loop's order is the same on a CPU: test it here
-        engine.start()
-
-        async def all_at_once() -> list[np.ndarray]:
-            singles = [engine.embed([t], o) for t, o in zip(texts, options, strict=True)]
-            pairs = [engine.embed(texts[i : i + 2], EmbedOptions()) for i in range(0, 20, 2)]
-            done = await asyncio.gather(*singles, *pairs)
-            return [r.vectors for r in done]
-
-        try:
-            return asyncio.run(all_at_once()), engine
-        finally:
-            engine.stop()
-
-    plain, _ = run(False)
-    pipelined, engine = run(True)
-    assert engine.pipelined_batches > 0
-    assert engine.busy_seconds > 0
-    assert len(pipelined) == len(plain) == 250
-    for ours, theirs in zip(pipelined, plain, strict=True):
-        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
-
-
 def test_hub_id_at_a_pinned_revision_loads_from_the_cache(
     tiny_qwen3_dir: Path, tmp_path: Path
 ) -> None:

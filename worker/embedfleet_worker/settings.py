@@ -33,8 +33,6 @@ class WorkerSettings:
     model_cache_dir: Path | None = None
     offline: bool = False
     fused_norms: bool = False
-    priority_query_stream: bool = False
-    pipeline_query_batches: bool = False
     drain_timeout_seconds: float = 30.0
     # Connections: see http/connections.py (spreading keep-alive clients) and the README.
     max_connection_age_seconds: float = 5.0
@@ -95,16 +93,6 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--fused-norms", action="store_true", default=False,
         help="Qwen3 on CUDA: fuse RMSNorm's reduction too (faster; min cosine vs "
         "transformers bf16 0.99897 instead of 0.99903 on 4B, see BENCHMARKS.md)",
-    )  # fmt: skip
-    add(
-        "--priority-query-stream", action="store_true", default=False,
-        help="CUDA: run queries that arrive during a bulk batch on a high-priority stream "
-        "beside it instead of behind its queued step (experimental, see BENCHMARKS.md)",
-    )  # fmt: skip
-    add(
-        "--pipeline-query-batches", action="store_true", default=False,
-        help="CUDA: launch the next query batch before delivering the one before it "
-        "(experimental, see BENCHMARKS.md)",
     )  # fmt: skip
     add("--drain-timeout-seconds", type=float, default=30.0)
     add(

@@ -135,8 +135,6 @@ class WorkerState:
             max_batch_tokens=s.max_batch_tokens,
             max_batch_size=s.max_batch_size,
             max_queue_tokens=s.max_queue_tokens,
-            priority_query_stream=s.priority_query_stream,
-            pipeline_query_batches=s.pipeline_query_batches,
         )
         try:
             if self.engine_socket is not None:  # a further API process: the engine runs
