@@ -195,7 +195,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "resident_mem_bytes": allocated(device),
     }
     report["inputs"] = describe_inputs(tokenizer, bench.texts)
-    engine.start()
+    engine.start(warm_up=runner.prepare)  # the compute thread's own attention plans, as served
     try:
         log("warming up")
         await warm_up(bench, maker, args.seed)

@@ -89,25 +89,21 @@ def test_bf16_packed_runner_matches_transformers_bf16(
     assert ours_vs_truth >= 0.999
 
 
-@pytest.mark.parametrize("pipelined", [False, True])
-def test_engine_serves_on_cuda(
-    models: tuple[torch.nn.Module, Qwen3Runner], pipelined: bool
-) -> None:
-    """300 concurrent queries; pipelined: each query batch launched before the last one is
-    delivered (pinned read-back, graph inputs staged in pinned memory)."""
-    _, runner = models
-    if pipelined and runner.graphs is None:
-        runner.prepare()  # query batches through the CUDA graphs, as a served worker runs them
+def test_engine_serves_on_cuda(models: tuple[torch.nn.Module, Qwen3Runner]) -> None:
+    """Prepared on its compute thread as a served worker is (compilation, CUDA graphs, that
+    thread's attention plans): 300 concurrent queries, their inputs staged in pinned memory
+    for the graphs, and a long input."""
+    model, runner = models
     encoder = InputEncoder(
         None,
         SequenceTemplate((), (ENDOFTEXT,), ENDOFTEXT),
         max_input_tokens=32768,
         vocab_size=151669,
     )
-    config = EngineConfig(max_batch_tokens=16384, pipeline_query_batches=pipelined)
-    engine = EmbeddingEngine(runner, encoder, config)
-    engine.start()
+    engine = EmbeddingEngine(runner, encoder, EngineConfig(max_batch_tokens=16384))
+    engine.start(warm_up=runner.prepare)
     try:
+        assert runner.graphs is not None
         inputs = [[100 + i, 200 + i, 300 + i] * (1 + i % 50) for i in range(300)]
 
         async def together() -> list[torch.Tensor]:
@@ -121,7 +117,11 @@ def test_engine_serves_on_cuda(
         cosine = torch.nn.functional.cosine_similarity(vectors[:8], alone, dim=-1)
         assert cosine.min().item() >= 0.999
         assert vectors.shape == (300, runner.hidden_size)
-        assert (engine.pipelined_batches > 0) == pipelined
+        long = [(7 * i) % 151643 for i in range(5000)]
+        served = asyncio.run(engine.embed([long], EmbedOptions(normalize=False))).vectors
+        truth = reference(model, [[*long, ENDOFTEXT]]).cpu()
+        cosine = torch.nn.functional.cosine_similarity(torch.from_numpy(served), truth, dim=-1)
+        assert cosine.min().item() >= 0.999, cosine
     finally:
         engine.stop()
 
@@ -133,8 +133,7 @@ def test_graphs_long_sequences_and_stepping_match(
     small batches, per-sequence SDPA for long inputs, and a batch advanced layer by layer."""
     model, runner = models
     assert runner.ops.compiled
-    if runner.graphs is None:  # prepared already by the pipelined engine test
-        runner.prepare()
+    runner.prepare()  # done already by the engine test's compute thread: this one's plans
     assert runner.graphs is not None
     generator = torch.Generator().manual_seed(2)
 
@@ -163,21 +162,16 @@ def test_graphs_long_sequences_and_stepping_match(
     assert cosine.min().item() >= 0.999, cosine
 
 
-@pytest.mark.parametrize("priority_query_stream", [False, True])
-def test_queries_between_bulk_steps_match(
-    models: tuple[torch.nn.Module, Qwen3Runner], priority_query_stream: bool
-) -> None:
-    """Queries that arrive while a bulk batch runs step by step (on the bulk's stream, or on
-    a high-priority stream beside it) get the vectors they get alone, and so does the bulk."""
+def test_queries_between_bulk_steps_match(models: tuple[torch.nn.Module, Qwen3Runner]) -> None:
+    """Queries that arrive while a bulk batch runs step by step get the vectors they get
+    alone, and so does the bulk."""
     _, runner = models
-    if runner.graphs is None:
-        runner.prepare()
+    runner.prepare()
     encoder = InputEncoder(
         None, SequenceTemplate((), (ENDOFTEXT,), ENDOFTEXT), max_input_tokens=32768,
         vocab_size=151669,
     )  # fmt: skip
-    config = EngineConfig(max_batch_tokens=16384, priority_query_stream=priority_query_stream)
-    engine = EmbeddingEngine(runner, encoder, config)
+    engine = EmbeddingEngine(runner, encoder, EngineConfig(max_batch_tokens=16384))
     bulk = [[1000 + i] * 999 for i in range(16)]
     queries = [[500 + i, 600 + i] * (4 + i) for i in range(12)]
 

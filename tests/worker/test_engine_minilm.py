@@ -4,6 +4,7 @@ Matryoshka, concurrency without loss or mix-ups, cancellation and failure isolat
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 from embedfleet_worker.engine.errors import (
     BatchFailedError,
     EngineOverloadedError,
+    EngineUnavailableError,
     InvalidInputError,
 )
 from embedfleet_worker.engine.executor import EmbeddingEngine, EngineConfig
@@ -178,6 +180,9 @@ class ExplodingRunner:
         self.hidden_size, self.pooling = inner.hidden_size, inner.pooling
         self.device, self.dtype = inner.device, inner.dtype
 
+    def prepare(self) -> None:
+        self.inner.prepare()
+
     def embed(self, sequences: Any) -> torch.Tensor:
         if any(self.poison in s for s in sequences):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
@@ -210,3 +215,49 @@ def test_full_queue_answers_overloaded(minilm: LoadedModel) -> None:
         engine.stop()
     assert any(isinstance(o, EngineOverloadedError) for o in outcomes)
     assert any(not isinstance(o, BaseException) for o in outcomes)
+
+
+def test_warm_up_runs_on_the_compute_thread_before_start_returns(minilm: LoadedModel) -> None:
+    """What the runner prepares per thread (cuDNN's attention plans) must be the compute
+    thread's: the warm-up runs there, and start returns only once it has."""
+    warmed: list[threading.Thread] = []
+    answered: list[threading.Thread] = []
+    done = threading.Event()
+
+    def warm_up() -> None:
+        minilm.runner.prepare()
+        minilm.runner.embed(minilm.encoder.encode(["warm up"], EmbedOptions()))
+        warmed.append(threading.current_thread())
+
+    def on_done(result: object, error: Exception | None) -> None:
+        answered.append(threading.current_thread())
+        done.set()
+
+    engine = EmbeddingEngine(minilm.runner, minilm.encoder)
+    engine.start(warm_up=warm_up)
+    try:
+        assert len(warmed) == 1  # before start returned
+        engine.submit(minilm.encoder.encode(["a question"], EmbedOptions()), EmbedOptions(),
+                      on_done=on_done)  # fmt: skip
+        assert done.wait(30)
+        assert answered == warmed
+        assert warmed[0] is not threading.current_thread()
+    finally:
+        engine.stop()
+
+
+def test_a_failing_warm_up_fails_start_and_leaves_the_engine_stopped(
+    minilm: LoadedModel,
+) -> None:
+    def warm_up() -> None:
+        raise RuntimeError("CUDA out of memory while capturing graphs")
+
+    engine = EmbeddingEngine(minilm.runner, minilm.encoder)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        engine.start(warm_up=warm_up)
+    try:
+        assert not engine.running
+        with pytest.raises(EngineUnavailableError):
+            engine.submit([[101, 102]], EmbedOptions(), on_done=lambda result, error: None)
+    finally:
+        engine.stop()

@@ -21,7 +21,6 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from embedfleet_worker.engine.device import ReadBack, on_stream, priority_stream
 from embedfleet_worker.engine.errors import (
     BatchFailedError,
     EngineUnavailableError,
@@ -60,12 +59,6 @@ class EngineConfig:
     interactive_tokens: int = 512
     interactive_batch_tokens: int = 2048
     tokenizer_threads: int = 2
-    # CUDA: queries run between a bulk batch's steps go on a high-priority stream, beside
-    # the bulk step still queued, instead of behind it (opt-in until measured)
-    priority_query_stream: bool = False
-    # CUDA: the next query batch is launched before the one before it is delivered, so
-    # the GPU does not wait for the delivery (opt-in until measured)
-    pipeline_query_batches: bool = False
 
 
 class EngineObserver(Protocol):
@@ -100,15 +93,6 @@ class _Request(ScheduledRequest):
     results: list[Vectors | None] = field(default_factory=list)
     done: int = 0  # inputs whose vectors are back
     failed: bool = False  # told of a failure once; a later failing batch does not tell it again
-
-
-@dataclass
-class _Launched:
-    """A query batch launched on the GPU whose vectors are still on their way back."""
-
-    batch: list[tuple[_Request, int]]
-    started: float
-    vectors: ReadBack
 
 
 Ticket = _Request  # what `submit` returns: something to `cancel()`
@@ -146,19 +130,35 @@ class EmbeddingEngine:
         self._request_encoder = RequestEncoder(encoder, self.config.tokenizer_threads)
         self.busy_seconds = 0.0
         self.interleaved_batches = 0  # query batches run between a bulk batch's layers
-        self.pipelined_batches = 0  # query batches launched before the last was delivered
-        self._busy_until = 0.0  # the end of the last delivered pipelined batch
-        self._query_stream = priority_stream(runner.device) if c.priority_query_stream else None
-        # On a CPU nothing overlaps: a launched batch is already computed, and pipelining would
-        # only hold its answers until the next batch is computed too.
-        self.pipelining = c.pipeline_query_batches and runner.device.type == "cuda"
 
     # ----------------------------------------------------------------------- lifecycle
-    def start(self) -> None:
+    def start(self, warm_up: Callable[[], None] | None = None) -> None:
+        """Starts the compute thread. `warm_up` runs on it before any batch, and this returns
+        once it has run, raising what it raised (the thread then ends): what it prepares that
+        is kept per thread (cuDNN's attention plans, cuBLAS's handle) is then the compute
+        thread's own."""
         if self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._run, name="embedfleet-compute", daemon=True)
+        warmed = threading.Event()
+        failures: list[BaseException] = []
+
+        def compute() -> None:
+            try:
+                if warm_up is not None:
+                    warm_up()
+            except BaseException as error:  # re-raised by start, on the caller's thread
+                failures.append(error)
+                return
+            finally:
+                warmed.set()
+            self._run()
+
+        self._thread = threading.Thread(target=compute, name="embedfleet-compute", daemon=True)
         self._thread.start()
+        warmed.wait()
+        if failures:
+            self._thread.join()
+            raise failures[0]
 
     def stop(self, timeout: float | None = None) -> None:
         """Finishes what is queued, then stops the compute thread."""
@@ -231,32 +231,17 @@ class EmbeddingEngine:
 
     # ----------------------------------------------------------------------- compute thread
     def _run(self) -> None:
-        launched: _Launched | None = None  # a query batch on the GPU, not yet delivered
-        while (next_batch := self._next_batch(wait=launched is None)) is not None:
+        while (next_batch := self._next_batch()) is not None:
             batch, queries_only = next_batch
-            if batch and queries_only and self.pipelining:
-                ahead = self._launch(batch)
-                if launched is not None:
-                    self.pipelined_batches += ahead is not None
-                    self._deliver(launched)
-                launched = ahead
-                continue
-            if launched is not None:
-                self._deliver(launched)
-                launched = None
             if batch:
                 self._execute(batch, stepped=not queries_only)
-        if launched is not None:
-            self._deliver(launched)
 
-    def _next_batch(self, *, wait: bool = True) -> tuple[list[tuple[_Request, int]], bool] | None:
-        """The next batch (waiting for one unless `wait` is False: then an empty one) and
-        whether it holds queries only; None once stopping with nothing queued."""
+    def _next_batch(self) -> tuple[list[tuple[_Request, int]], bool] | None:
+        """The next batch (waiting for one) and whether it holds queries only; None once
+        stopping with nothing queued."""
         with self._cond:
             scheduler = self._scheduler
             while not scheduler.queue and not self._stopping:
-                if not wait:
-                    return [], False
                 self._cond.wait()
             if scheduler.drop_abandoned():
                 self.observer.on_queue_depth(*scheduler.depth)
@@ -290,11 +275,12 @@ class EmbeddingEngine:
         meanwhile would only delay), finalises its vectors on the device for the whole batch
         at once, and completes the requests it ends.
 
-        Query batches can instead be launched before the one before them is delivered
-        (`pipeline_query_batches`, `_launch`/`_deliver`). Before query batches ran as CUDA
-        graphs that was measured and dropped: their kernel launches on this thread delayed
-        every answer by one launch and halved the batches (H200, 4B, single queries over
-        HTTP: 945 -> 632/s)."""
+        Launching the next query batch before this one is delivered was measured twice and
+        dropped both times (H200, 4B, single queries over HTTP): before CUDA graphs it halved
+        the batches (945 -> 632/s); with them it gained for `base64` (1,582 -> 1,661/s) and
+        lost for `float` (1,562 -> 1,415/s). A high-priority stream for the queries run between
+        a bulk batch's steps changed neither the query p99 nor the stream's throughput beyond
+        noise (BENCHMARKS.md, sixth session)."""
         sequences = [request.sequences[index] for request, index in batch]
         tokens = sum(len(s) for s in sequences)
         started = time.perf_counter()
@@ -312,8 +298,7 @@ class EmbeddingEngine:
                         if small:
                             before = time.perf_counter()
                             self.interleaved_batches += 1
-                            with on_stream(self._query_stream):
-                                self._execute(small, stepped=False)
+                            self._execute(small, stepped=False)
                             nested += time.perf_counter() - before
                     pooled = forward.result()
                 else:
@@ -325,35 +310,6 @@ class EmbeddingEngine:
         finally:
             busy = time.perf_counter() - started - nested
             self.busy_seconds += busy
-        self.observer.on_batch(len(batch), tokens, busy)
-        self._deliver_rows(batch, vectors)
-
-    def _launch(self, batch: list[tuple[_Request, int]]) -> _Launched | None:
-        """Starts a query batch and its vectors' read-back without waiting for the GPU; None
-        if it failed (its requests are failed)."""
-        started = time.perf_counter()
-        try:
-            with torch.inference_mode():
-                pooled = self.runner.embed([request.sequences[i] for request, i in batch])
-                return _Launched(batch, started, ReadBack.start(_finalized(batch, pooled)))
-        except Exception as error:
-            self._fail({request for request, _ in batch}, error)
-            return None
-
-    def _deliver(self, launched: _Launched) -> None:
-        """Waits for a launched batch's vectors and completes the requests it ends. Its busy
-        time is what it adds to the batches before it (they overlap on the clock)."""
-        batch = launched.batch
-        try:
-            vectors = launched.vectors.wait()
-        except Exception as error:
-            self._fail({request for request, _ in batch}, error)
-            return
-        finished = time.perf_counter()
-        busy = finished - max(launched.started, self._busy_until)
-        self._busy_until = finished
-        self.busy_seconds += busy
-        tokens = sum(len(request.sequences[i]) for request, i in batch)
         self.observer.on_batch(len(batch), tokens, busy)
         self._deliver_rows(batch, vectors)
 

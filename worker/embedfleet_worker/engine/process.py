@@ -25,7 +25,7 @@ from embedfleet_worker.engine.errors import EmbeddingError
 from embedfleet_worker.engine.executor import EmbeddingEngine, EmbeddingResult, EngineConfig, Ticket
 from embedfleet_worker.engine.options import EmbedOptions
 from embedfleet_worker.logs import configure_logging
-from embedfleet_worker.model.loader import ModelSpec, load_model
+from embedfleet_worker.model.loader import LoadedModel, ModelSpec, load_model
 
 log = logging.getLogger("embedfleet.worker")
 
@@ -110,31 +110,22 @@ def _load(
     started = time.perf_counter()
     try:
         loaded = load_model(spec)
-        # Warm-up: the first forward pass allocates and autotunes; do it before Ready.
-        warm = loaded.encoder.encode(["warm up"], EmbedOptions())[0]
-        loaded.runner.embed([warm])
-        # The total is the HTTP process's "model ready" load_seconds; here its parts:
-        # compilation, attention plans and CUDA-graph capture (Qwen3 on a GPU), and the
-        # largest batch's memory.
-        phases = dict(getattr(loaded.runner, "prepare_seconds", {}))
-        if loaded.runner.device.type == "cuda":
-            started_batch = time.perf_counter()
-            batch = largest_batch(config.max_batch_tokens, loaded.encoder.max_input_tokens, warm)
-            loaded.runner.embed(batch)
-            phases["largest_batch"] = round(time.perf_counter() - started_batch, 2)
-        log.info("model prepared", extra={"phases": phases})
+        engine = EmbeddingEngine(
+            loaded.runner,
+            loaded.encoder,
+            config,
+            normalize_by_default=loaded.description.normalize_by_default,
+            observer=observer,
+        )
+        try:
+            engine.start(warm_up=partial(_warm_up, loaded, config))
+        except Exception:
+            engine.stop(0)  # its tokeniser threads
+            raise
     except Exception as error:  # reported by the HTTP process through /health and its log
         for outbox in outboxes:
             outbox.put(("failed", f"{type(error).__name__}: {error}"))
         return None
-    engine = EmbeddingEngine(
-        loaded.runner,
-        loaded.encoder,
-        config,
-        normalize_by_default=loaded.description.normalize_by_default,
-        observer=observer,
-    )
-    engine.start()
     info = wire.EngineInfo(
         hidden_size=loaded.runner.hidden_size,
         fingerprint=loaded.fingerprint,
@@ -145,6 +136,23 @@ def _load(
     for outbox in outboxes:
         outbox.put(("ready", info))
     return engine
+
+
+def _warm_up(loaded: LoadedModel, config: EngineConfig) -> None:
+    """Before Ready, on the compute thread: the runner's preparation, a first forward pass
+    (it allocates and autotunes) and, on a GPU, the largest batch (the allocator's memory)."""
+    loaded.runner.prepare()
+    warm = loaded.encoder.encode(["warm up"], EmbedOptions())[0]
+    loaded.runner.embed([warm])
+    # The total is the HTTP process's "model ready" load_seconds; here its parts: compilation,
+    # attention plans and CUDA-graph capture (Qwen3 on a GPU), and the largest batch's memory.
+    phases = dict(getattr(loaded.runner, "prepare_seconds", {}))
+    if loaded.runner.device.type == "cuda":
+        started = time.perf_counter()
+        batch = largest_batch(config.max_batch_tokens, loaded.encoder.max_input_tokens, warm)
+        loaded.runner.embed(batch)
+        phases["largest_batch"] = round(time.perf_counter() - started, 2)
+    log.info("model prepared", extra={"phases": phases})
 
 
 def _serve(link: _Link, engine: EmbeddingEngine) -> None:

@@ -23,6 +23,11 @@ class EmbeddingRunner(Protocol):
         """[N, hidden_size] float32 pooled vectors, not normalised, in input order."""
         ...
 
+    def prepare(self) -> None:
+        """Whatever the first request must not pay for (compilation, kernel plans, CUDA
+        graphs), done on the thread that will run the requests: some of it is per thread."""
+        ...
+
 
 class Forward(Protocol):
     """A batch in flight, advanced one layer at a time."""

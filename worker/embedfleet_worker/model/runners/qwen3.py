@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import threading
 import time
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
@@ -170,6 +171,7 @@ class Qwen3Runner:
         self.scale = 1.0 / math.sqrt(shape.head_dim)
         self.graphs: Any = None  # SmallBatchGraphs once prepare() captured them
         self.prepare_seconds: dict[str, float] = {}  # start-up phases, for the engine's log
+        self._planned_threads: set[int] = set()  # threads whose attention plans are built
 
     @classmethod
     def from_pretrained(
@@ -183,13 +185,16 @@ class Qwen3Runner:
         shape = Qwen3Shape.from_config(read_config(model_dir))
         with torch.inference_mode():
             weights = load_weights(model_dir, weight_names(shape), device, dtype)
-            runner = cls(shape, weights, device=device, dtype=dtype, fused_norms=fused_norms)
-        runner.prepare()
-        return runner
+            return cls(shape, weights, device=device, dtype=dtype, fused_norms=fused_norms)
 
     def prepare(self) -> None:
-        """Compiles the fused kernels and captures CUDA graphs for small batches (CUDA only):
-        the first request must not pay for either."""
+        """Compiles the fused kernels, builds the long inputs' attention plans and captures
+        CUDA graphs for small batches (CUDA only): the first request must not pay for any.
+
+        Call it on the thread that runs the requests. cuDNN's attention plans are kept per
+        thread: plans built on a loading thread left a fresh worker's first 8K, 12K and 16K
+        inputs 60-80 ms slower than the next ones of their length (H200). Called again on
+        another thread, it builds only that thread's plans."""
         if self.device.type != "cuda":
             return
         from embedfleet_worker.model.runners.qwen3_graphs import SmallBatchGraphs
@@ -203,15 +208,19 @@ class Qwen3Runner:
             phase = now
 
         with torch.inference_mode():
-            self.embed([[1] * 300, [2] * 20])  # compiles the dynamic-shape kernels once
-            # The long-sequence path (per-sequence SDPA) has its own layouts, so its first use
-            # recompiled (1.3 s for a fresh worker's first 8K input): pay it here instead.
-            self.embed([[3] * LONG_SEQUENCE])
-            took("compile")
-            self._build_long_attention_plans()
-            took("attention_plans")
-            self.graphs = SmallBatchGraphs(self)
-            took("cuda_graphs")
+            if self.graphs is None:
+                self.embed([[1] * 300, [2] * 20])  # compiles the dynamic-shape kernels once
+                # The long-sequence path (per-sequence SDPA) has its own layouts, so its first
+                # use recompiled (1.3 s for a fresh worker's first 8K input): pay it here.
+                self.embed([[3] * LONG_SEQUENCE])
+                took("compile")
+            if threading.get_ident() not in self._planned_threads:
+                self._build_long_attention_plans()
+                self._planned_threads.add(threading.get_ident())
+                took("attention_plans")
+            if self.graphs is None:
+                self.graphs = SmallBatchGraphs(self)
+                took("cuda_graphs")
 
     def _build_long_attention_plans(self) -> None:
         """One attention call per padded long length up to max_positions (about 1.5 s for

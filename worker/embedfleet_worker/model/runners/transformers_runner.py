@@ -52,6 +52,10 @@ class TransformersRunner:
         model.to(device).eval()
         return cls(model, pooling=pooling, pad_token_id=pad_token_id, device=device, dtype=dtype)
 
+    def prepare(self) -> None:
+        """Nothing to build ahead: transformers runs eagerly (the engine's warm-up pass still
+        runs on the compute thread)."""
+
     @torch.inference_mode()
     def embed(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
         if not sequences:
