@@ -40,6 +40,7 @@ class WorkerSettings:
     keep_alive_timeout_seconds: int = 120
     api_processes: int = 1  # HTTP processes sharing the port and the one engine process
     log_level: str = "info"
+    log_event_loop_stalls_ms: float = 0.0  # 0: off
 
 
 def _positive(value: str) -> int:
@@ -116,6 +117,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "tokenising and writing answers in parallel; vLLM's --api-server-count)",
     )  # fmt: skip
     add("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    add(
+        "--log-event-loop-stalls-ms", type=_non_negative, default=0.0,
+        help="log the HTTP event loop's stack whenever it is blocked longer than this "
+        "(a diagnostic, beside the embedfleet_event_loop_lag_seconds histogram); 0: off",
+    )  # fmt: skip
 
 
 def environment_defaults(

@@ -43,7 +43,7 @@ from embedfleet_worker.http.errors import (
     response_for,
 )
 from embedfleet_worker.http.guard import ApiGuard
-from embedfleet_worker.http.loop_monitor import watch_event_loop
+from embedfleet_worker.http.loop_monitor import StallLogger, watch_event_loop
 from embedfleet_worker.http.worker_state import WorkerState
 from embedfleet_worker.metrics import MULTIPROCESS_DIR
 
@@ -68,6 +68,10 @@ def create_app(state: WorkerState) -> FastAPI:
                 os.write(state.ready_pipe, b"1")
                 os.close(state.ready_pipe)
         lag = asyncio.create_task(watch_event_loop(state.metrics.event_loop_lag.observe))
+        stall_ms = state.settings.log_event_loop_stalls_ms
+        stalls = StallLogger(asyncio.get_running_loop(), stall_ms / 1000) if stall_ms else None
+        if stalls is not None:
+            stalls.start()
         # Multiprocess metrics: connection events outside API responses reach the shared files.
         sync = (
             asyncio.create_task(_every(1.0, state.metrics.sync_connections))
@@ -76,6 +80,8 @@ def create_app(state: WorkerState) -> FastAPI:
         )
         yield
         lag.cancel()
+        if stalls is not None:
+            stalls.stop()
         if sync is not None:
             sync.cancel()
         await state.stop()

@@ -1,0 +1,75 @@
+"""The event loop's stall logger on a real asyncio loop and a real blocking call."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from embedfleet_worker.http.loop_monitor import StallLogger
+from embedfleet_worker.settings import parse_settings
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _hold_the_loop(seconds: float) -> None:
+    time.sleep(seconds)  # what a CPU-bound step on the loop does to every request
+
+
+def test_a_blocked_loop_is_logged_once_with_where_it_was() -> None:
+    records = _Records()
+    logger = logging.getLogger("embedfleet.worker")
+    logger.addHandler(records)
+
+    async def run() -> StallLogger:
+        stalls = StallLogger(asyncio.get_running_loop(), threshold_s=0.05)
+        stalls.start()
+        try:
+            await asyncio.sleep(0.3)  # an idle loop answers every ping at once
+            idle = stalls.stalls
+            _hold_the_loop(0.4)
+            for _ in range(100):  # the logger reports once the loop answers again
+                if stalls.stalls:
+                    break
+                await asyncio.sleep(0.01)
+            assert idle == 0
+            return stalls
+        finally:
+            stalls.stop()
+
+    try:
+        stalls = asyncio.run(run())
+    finally:
+        logger.removeHandler(records)
+    assert stalls.stalls == 1
+    (record,) = [r for r in records.records if r.getMessage() == "event loop stalled"]
+    assert record.levelno == logging.WARNING
+    assert 300 <= record.stalled_ms < 2000  # type: ignore[attr-defined]
+    assert "_hold_the_loop" in record.loop_stack  # type: ignore[attr-defined]
+
+
+def test_the_threshold_must_be_positive() -> None:
+    async def make() -> None:
+        StallLogger(asyncio.get_running_loop(), threshold_s=0)
+
+    with pytest.raises(ValueError, match="positive"):
+        asyncio.run(make())
+
+
+def test_stall_logging_is_off_unless_asked_for() -> None:
+    assert parse_settings([], environ={}).log_event_loop_stalls_ms == 0
+    flag = parse_settings(["--log-event-loop-stalls-ms", "10"], environ={})
+    assert flag.log_event_loop_stalls_ms == 10
+    env = parse_settings([], environ={"EMBEDFLEET_LOG_EVENT_LOOP_STALLS_MS": "25"})
+    assert env.log_event_loop_stalls_ms == 25
+    with pytest.raises(SystemExit):
+        parse_settings(["--log-event-loop-stalls-ms", "-1"], environ={})
