@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.lowlevel
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -67,6 +68,9 @@ def create_app(state: WorkerState) -> FastAPI:
             if state.ready_pipe is not None:  # the main process turns Ready once all do
                 os.write(state.ready_pipe, b"1")
                 os.close(state.ready_pipe)
+        # Loads anyio's asyncio backend now: Starlette reaches it on a few paths, and its first
+        # import, on the event loop mid-load, stalled every request 23 ms on the H200.
+        await anyio.lowlevel.checkpoint()
         lag = asyncio.create_task(watch_event_loop(state.metrics.event_loop_lag.observe))
         stall_ms = state.settings.log_event_loop_stalls_ms
         stalls = StallLogger(asyncio.get_running_loop(), stall_ms / 1000) if stall_ms else None
