@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 
@@ -73,3 +74,66 @@ def test_stall_logging_is_off_unless_asked_for() -> None:
     assert env.log_event_loop_stalls_ms == 25
     with pytest.raises(SystemExit):
         parse_settings(["--log-event-loop-stalls-ms", "-1"], environ={})
+
+
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def _collect_cycles() -> None:
+    class Node:
+        def __init__(self) -> None:
+            self.me = self
+            self.payload = [[i] for i in range(20)]
+
+    for _ in range(300_000):
+        Node()  # each a cycle only the collector frees
+    gc.collect()
+
+
+@pytest.mark.parametrize(
+    ("block", "computing", "collecting"),
+    [(_hold_the_loop, False, False), (_spin, True, False), (_collect_cycles, True, True)],
+    ids=["waiting", "computing", "collecting"],
+)
+def test_a_stall_says_whether_the_loop_waited_computed_or_collected(
+    block: object, computing: bool, collecting: bool
+) -> None:
+    records = _Records()
+    logger = logging.getLogger("embedfleet.worker")
+    logger.addHandler(records)
+
+    async def run() -> None:
+        stalls = StallLogger(asyncio.get_running_loop(), threshold_s=0.05)
+        stalls.start()
+        try:
+            await asyncio.sleep(0.1)
+            if block is _collect_cycles:
+                _collect_cycles()
+            else:
+                block(0.4)  # type: ignore[operator]
+            for _ in range(100):
+                if stalls.stalls:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            stalls.stop()
+
+    try:
+        asyncio.run(run())
+    finally:
+        logger.removeHandler(records)
+    (record,) = [r for r in records.records if r.getMessage() == "event loop stalled"]
+    stalled, cpu = record.stalled_ms, record.loop_cpu_ms  # type: ignore[attr-defined]
+    assert stalled >= 50
+    if computing:
+        assert cpu >= 0.5 * stalled, (cpu, stalled)
+    else:
+        assert cpu <= 0.2 * stalled, (cpu, stalled)
+    if collecting:
+        assert record.gc_ms > 0  # type: ignore[attr-defined]
+        assert record.gc_generation == 2  # type: ignore[attr-defined]
+    else:
+        assert record.gc_ms < 0.5 * stalled  # type: ignore[attr-defined]
