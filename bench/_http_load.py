@@ -33,6 +33,9 @@ class Run:
     latencies_s: list[float] = field(default_factory=list)
     client_cpu: float = 0.0  # CPU seconds per wall second of the busiest client process
     clients: int = 1
+    # late event-loop ticks from the clients' common start to the last answer (spread only):
+    # the count around it also holds the client processes' start-up, which loads the machine
+    late_ticks_in_load: float | None = None
 
     def summary(self) -> dict[str, Any]:
         wall = max(self.wall_s, 1e-9)
@@ -45,6 +48,7 @@ class Run:
             "wall_s": self.wall_s,
             "client_processes": self.clients,
             "client_cpu": round(self.client_cpu, 2),
+            "late_ticks_in_load": self.late_ticks_in_load,
             **({"latency_ms": percentiles(self.latencies_s)} if self.latencies_s else {}),
         }
 
@@ -181,7 +185,9 @@ def spread(
     for inbox, part in zip(inboxes, parts, strict=True):
         inbox.put(part)
     ready.wait(timeout=300)  # every process imported and warmed up
+    lag_at_start = _loop_lag_now(base_url)
     results = [answers.get(timeout=1800) for _ in workers]
+    lag_at_end = _loop_lag_now(base_url)
     for worker in workers:
         worker.join()
     merged = Run(clients=len(parts))
@@ -192,6 +198,8 @@ def spread(
         merged.latencies_s += run.latencies_s
         merged.client_cpu = max(merged.client_cpu, run.client_cpu)
     merged.wall_s = max(end for _, _, end in results) - min(start for _, start, _ in results)
+    if lag_at_start and lag_at_end:
+        merged.late_ticks_in_load = lag_at_end[1] - lag_at_start[1]
     return merged
 
 
@@ -258,7 +266,11 @@ def _raw_in_process(
 async def loop_lag(base_url: str, threshold_s: float = 0.01) -> tuple[float, float] | None:
     """(samples, samples later than `threshold_s`) of the worker's event-loop lag histogram
     so far; None for a worker without it."""
-    series = await asyncio.to_thread(scrape, base_url)
+    return await asyncio.to_thread(_loop_lag_now, base_url, threshold_s)
+
+
+def _loop_lag_now(base_url: str, threshold_s: float = 0.01) -> tuple[float, float] | None:
+    series = scrape(base_url)
     total = series.get("embedfleet_event_loop_lag_seconds_count")
     over_le = series.get(f'embedfleet_event_loop_lag_seconds_bucket{{le="{threshold_s}"}}')
     if total is None or over_le is None:

@@ -263,6 +263,13 @@ def ratios(http: dict[str, Any], engine: dict[str, Any]) -> list[tuple[str, str,
                      "", ""))  # fmt: skip
         by_workload = ", ".join(f"{k} {v:.0f}" for k, v in http.get("loop_late_ticks", {}).items())
         rows.append(("  late ticks by workload", by_workload, "", ""))
+        in_load = ", ".join(
+            f"{name} {run['late_ticks_in_load']:.0f}"
+            for name, run in http.items()
+            if isinstance(run, dict) and run.get("late_ticks_in_load") is not None
+        )
+        if in_load:  # the count above also holds the client processes' start-up
+            rows.append(("  of them while the load ran", in_load, "", ""))
     large = http.get("large")
     if large:
         rows.append(("large answers: query p99 ms (alone)",
