@@ -300,4 +300,25 @@ class Fixed(Autoscaler):
         return self.replicas
 
 
-POLICY_NAMES = ("embedfleet", "hpa", "knative", "fixed")
+class Oracle(Autoscaler):
+    """Not an autoscaler: a bound. At the start of every minute it knows that minute's mean
+    load and has exactly the replicas it needs at the target, ready at once (the simulator
+    gives it pods with no start delay). What it spends and misses is what a fleet sized
+    minute by minute cannot avoid: the bursts inside a minute."""
+
+    name = "oracle"
+    period = 60
+
+    def __init__(self, config: SimConfig, arrivals: list[float]) -> None:
+        super().__init__(config)
+        self.arrivals = arrivals
+        self.last_reason = "Foresight"
+
+    def decide(self, now: int, cluster: Cluster) -> int:
+        coming = self.arrivals[now : now + 60]
+        if not coming:
+            return cluster.pod_count
+        return self._clamp(self.config.replicas_for(sum(coming) / len(coming)))
+
+
+POLICY_NAMES = ("embedfleet", "hpa", "knative", "fixed", "oracle")

@@ -46,17 +46,29 @@ import json
 import shlex
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from bench._sim_cluster import SimConfig
-from bench._sim_policies import POLICY_NAMES, Autoscaler, Embedfleet, Fixed, Hpa, Knative
+from bench._sim_policies import (
+    POLICY_NAMES,
+    Autoscaler,
+    Embedfleet,
+    Fixed,
+    Hpa,
+    Knative,
+    Oracle,
+)
+from bench._sim_real_traces import REAL_TRACE_NAMES, TraceFormatError, file_trace, shipped_trace
 from bench._sim_run import RunResult, simulate
 from bench._sim_traces import TRACE_NAMES, Trace, make_trace
 
+ALL_TRACES = (*TRACE_NAMES, *REAL_TRACE_NAMES)
+
 SAVING_TRACES = ("diurnal", "onoff")  # where embedfleet must save >= 60% against the fixed fleet
 MIN_SAVING = 0.60
+EXTRA_SLO_MINUTES_PER_DAY = 5  # on real traffic, against the fixed peak-sized fleet
 
 
 # --------------------------------------------------------------------------- arguments
@@ -70,7 +82,16 @@ def _names(text: str, known: Sequence[str], what: str) -> list[str]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--traces", default=",".join(TRACE_NAMES), help="comma list")
+    parser.add_argument("--traces", default=",".join(ALL_TRACES), help="comma list")
+    parser.add_argument(
+        "--trace", type=Path, action="append", default=[], metavar="FILE",
+        help="also replay this recorded traffic (Azure LLM CSV, BurstGPT CSV, Mooncake JSONL, "
+        "or second,scaled_tokens), as recorded; repeatable",
+    )  # fmt: skip
+    parser.add_argument(
+        "--trace-peak-replicas", type=float, default=None,
+        help="scale each --trace so its busiest minute is this many replicas' worth at target",
+    )  # fmt: skip
     parser.add_argument("--policies", default=",".join(POLICY_NAMES), help="comma list")
     parser.add_argument("--capacity", type=float, default=50_000.0, help="tokens/s per replica")
     parser.add_argument("--request-tokens", type=float, default=500.0, help="mean request size")
@@ -90,7 +111,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--check", action="store_true", help="exit 1 if an acceptance fails")
     args = parser.parse_args(argv)
     try:
-        args.traces = _names(args.traces, TRACE_NAMES, "--traces")
+        args.traces = _names(args.traces, ALL_TRACES, "--traces")
         args.policies = _names(args.policies, POLICY_NAMES, "--policies")
     except argparse.ArgumentTypeError as error:
         parser.error(str(error))
@@ -124,17 +145,43 @@ def make_policy(name: str, config: SimConfig, trace: Trace) -> Autoscaler:
         return Hpa(config)
     if name == "knative":
         return Knative(config)
+    if name == "oracle":
+        return Oracle(config, trace.arrivals)
     return Fixed(config, config.replicas_for(trace.peak_tokens_per_s))
 
 
-def run_all(
-    config: SimConfig, traces: Sequence[str], policies: Sequence[str], peak_replicas: float
-) -> tuple[list[Trace], list[RunResult]]:
-    peak = peak_replicas * config.capacity * config.target_percent / 100
-    size = config.request_tokens
+def make_traces(
+    config: SimConfig,
+    names: Sequence[str],
+    peak_replicas: float,
+    files: Sequence[Path] = (),
+    file_peak_replicas: float | None = None,
+) -> list[Trace]:
+    """The synthetic traces at `peak_replicas`' worth, the shipped recorded ones as they are
+    scaled in their file, and the user's files (as recorded, or at `file_peak_replicas`)."""
+    worth = config.capacity * config.target_percent / 100
+    peak = peak_replicas * worth
     made = [
-        make_trace(n, peak_tokens_per_s=peak, request_tokens=size, seed=config.seed) for n in traces
+        shipped_trace(n)
+        if n in REAL_TRACE_NAMES
+        else make_trace(
+            n, peak_tokens_per_s=peak, request_tokens=config.request_tokens, seed=config.seed
+        )
+        for n in names
     ]
+    wanted = file_peak_replicas * worth if file_peak_replicas is not None else None
+    return made + [file_trace(f, peak_tokens_per_s=wanted) for f in files]
+
+
+def run_all(
+    config: SimConfig,
+    traces: Sequence[str],
+    policies: Sequence[str],
+    peak_replicas: float,
+    files: Sequence[Path] = (),
+    file_peak_replicas: float | None = None,
+) -> tuple[list[Trace], list[RunResult]]:
+    made = make_traces(config, traces, peak_replicas, files, file_peak_replicas)
     results: list[RunResult] = []
     for trace in made:
         # Autoscalers start with what the first minute needs, ready; the fixed fleet with its own.
@@ -142,7 +189,9 @@ def run_all(
         for name in policies:
             policy = make_policy(name, config, trace)
             initial = policy.replicas if isinstance(policy, Fixed) else first_minute
-            results.append(simulate(trace, policy, config, initial))
+            # The oracle's pods start at once: it is the bound, not a contender.
+            fleet = replace(config, start_delay=(1e-9, 1e-9)) if name == "oracle" else config
+            results.append(simulate(trace, policy, fleet, initial))
     return made, results
 
 
@@ -150,7 +199,7 @@ def run_all(
 def acceptance(results: Sequence[RunResult]) -> list[dict[str, Any]]:
     """Each check: what, passed (None: not run, a trace or policy was left out), detail."""
     by = {(r.trace, r.policy): r for r in results}
-    traces = sorted({r.trace for r in results}, key=TRACE_NAMES.index)
+    traces = list(dict.fromkeys(r.trace for r in results))  # in run order
     checks: list[dict[str, Any]] = []
 
     def check(what: str, passed: bool | None, detail: str) -> None:
@@ -177,6 +226,27 @@ def acceptance(results: Sequence[RunResult]) -> list[dict[str, Any]]:
             continue
         ok = ours.slo_minutes < hpa.slo_minutes if strict else ours.slo_minutes <= hpa.slo_minutes
         check(what, ok, f"{ours.slo_minutes} vs {hpa.slo_minutes}")
+    for trace in REAL_TRACE_NAMES:
+        ours, hpa, fixed = (by.get((trace, p)) for p in ("embedfleet", "hpa", "fixed"))
+        what = f"{trace}: embedfleet GPU-hours <= HPA's"
+        if ours is None or hpa is None:
+            check(what, None, "not run")
+        else:
+            check(what, ours.gpu_hours <= hpa.gpu_hours,
+                  f"{ours.gpu_hours:.1f} vs {hpa.gpu_hours:.1f}")  # fmt: skip
+        allowed = EXTRA_SLO_MINUTES_PER_DAY * (24.0 if trace.endswith("-24h") else 1.0) / 24
+        what = (
+            f"{trace}: embedfleet cheaper than the fixed fleet, at most {allowed:g} more "
+            "SLO-violation minutes"
+        )
+        if ours is None or fixed is None:
+            check(what, None, "not run")
+        else:
+            check(what,
+                  ours.gpu_hours < fixed.gpu_hours
+                  and ours.slo_minutes <= fixed.slo_minutes + allowed,
+                  f"{ours.gpu_hours:.1f} vs {fixed.gpu_hours:.1f} GPU-h, "
+                  f"{ours.slo_minutes} vs {fixed.slo_minutes} SLO-violation minutes")  # fmt: skip
     ours_runs = [r for r in results if r.policy == "embedfleet"]
     detail = ", ".join(f"{r.trace} {r.steady_flaps}" for r in ours_runs) or "not run"
     check(
@@ -249,7 +319,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     config = config_from(args)
     started = time.perf_counter()
-    traces, results = run_all(config, args.traces, args.policies, args.peak_replicas)
+    try:
+        traces, results = run_all(
+            config, args.traces, args.policies, args.peak_replicas, args.trace,
+            args.trace_peak_replicas,
+        )  # fmt: skip
+    except (OSError, TraceFormatError) as error:
+        print(f"autoscale_sim: {error}", file=sys.stderr)
+        return 2
     runs = []
     for r in results:
         run = asdict(r)
