@@ -73,12 +73,10 @@ class Autoscaler:
         current = int(deployment.get("spec", {}).get("replicas") or 0)
         state = self._services.get(meta["uid"])
         if state is None:
-            # A fresh history holds the current count for one window: a restarted operator
-            # never scales down on its first look.
-            state = _ServiceState(
-                Observer(self._http, self._scrape_timeout),
-                History(recommendations=((now, current),), last_activity=now),
-            )
+            # A fresh history: the policy holds the current count until the history spans its
+            # stabilisation window, so a restarted operator never scales down on a first look
+            # (policy.decide, StartupHold; the simulator starts the same way).
+            state = _ServiceState(Observer(self._http, self._scrape_timeout), History())
             self._services[meta["uid"]] = state
         slices = await self._kube.list_endpoint_slices(namespace, name)
         pods = await self._kube.list_pods(namespace, f"{SELECTOR_LABEL}={name}")

@@ -159,7 +159,11 @@ def _autoscaling() -> Schema:
             ),
             "targetRequestsPerSecondPerReplica": _int(1, description="Requests/s per replica."),
             "idleTimeoutSeconds": _int(
-                0, 86400, default=120, description="No traffic this long: go to minReplicas."
+                0,
+                86400,
+                default=120,
+                description="With minReplicas 0: no traffic this long scales to zero. Above "
+                "zero an idle fleet comes down through the stabilisation window.",
             ),
             "scaleDownStabilizationSeconds": _int(
                 0,

@@ -12,6 +12,8 @@ from typing import Any
 
 from embedfleet_operator.crd import AUTOSCALING_DEFAULTS
 
+METRIC_WINDOW_TICKS = 4  # the targets' averaging window: 60 s at the default 15 s tick
+
 
 @dataclass(frozen=True)
 class PodMetrics:
@@ -82,6 +84,15 @@ class ScalingSpec:
     scale_up_percent: float = 100.0  # per tick period: the larger of this and scale_up_pods
     scale_up_pods: int = 4
     queue_threshold_tokens: float = 16384.0  # a fleet-wide backlog worth reacting to
+    # ...only when the fleet was busy this share of the tick: a burst of a second or two
+    # queues up and drains within the tick at a lower mean (real traffic's busiest second is
+    # 2.7-6x its busiest minute's mean), and a pod started for it would come minutes late.
+    queue_saturation_percent: float = 90.0
+    # The targets compare the fleet's load averaged over this window (HPA's adapters and
+    # Knative's stable window use 60 s), and queue growth is measured over it: one tick of
+    # bursty traffic swings widely, and the scale-down window keeps the highest
+    # recommendation, so a spiky 15 s sample was held for 5 minutes.
+    metric_window_seconds: float = 60.0
 
     @classmethod
     def from_resource(cls, spec: Mapping[str, Any], *, tick_seconds: float) -> ScalingSpec:
@@ -104,6 +115,7 @@ class ScalingSpec:
             idle_timeout_seconds=float(auto["idleTimeoutSeconds"]),
             stabilization_seconds=float(auto["scaleDownStabilizationSeconds"]),
             tick_seconds=tick_seconds,
+            metric_window_seconds=METRIC_WINDOW_TICKS * tick_seconds,
             queue_threshold_tokens=float((spec.get("engine") or {}).get("maxBatchTokens", 16384)),
         )
 
@@ -115,7 +127,10 @@ class History:
     recommendations: tuple[tuple[float, int], ...] = ()  # (time, replicas) in the window
     scale_ups: tuple[tuple[float, int], ...] = ()  # (time, replicas before) in the tick period
     last_activity: float | None = None
-    last_queue: tuple[float, float] | None = None  # (time, fleet queue tokens)
+    queues: tuple[tuple[float, float], ...] = ()  # (time, fleet queue tokens) in the window
+    started: float | None = None  # the first tick this history saw (None: this is the first)
+    # (time, fleet total per target rule) of the ticks in the metric window
+    totals: tuple[tuple[float, tuple[tuple[str, float], ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -168,18 +183,41 @@ def fleet_metrics(observation: Observation) -> FleetMetrics:
     )
 
 
-def _target_recommendations(
-    observation: Observation, spec: ScalingSpec
-) -> list[tuple[str, float, float, str]]:
-    """(rule, fleet total, per-replica target, unit) for each configured target."""
+def _fleet_totals(observation: Observation) -> dict[str, float]:
+    """This tick's fleet-wide load per target rule, in the target's unit."""
     reporting = observation.reporting
+    return {
+        "Utilization": sum(m.utilization_percent for m in reporting),
+        "TokensPerSecond": sum(m.tokens_per_second for m in reporting),
+        "RequestsPerSecond": sum(m.requests_per_second for m in reporting),
+    }
+
+
+def _windowed_totals(
+    observation: Observation, spec: ScalingSpec, history: History, now: float
+) -> dict[str, float]:
+    """Each rule's fleet total averaged over the ticks in the metric window, this one
+    included. A fleet total is load in units of one pod's worth, so ticks with different
+    fleet sizes average fairly."""
+    current = _fleet_totals(observation)
+    if not observation.reporting:
+        return current
+    ticks = [dict(t) for when, t in history.totals if now - when < spec.metric_window_seconds]
+    ticks.append(current)
+    return {rule: sum(t.get(rule, 0.0) for t in ticks) / len(ticks) for rule in current}
+
+
+def _target_recommendations(
+    observation: Observation, spec: ScalingSpec, totals: Mapping[str, float]
+) -> list[tuple[str, float, float, str]]:
+    """(rule, fleet total over the metric window, per-replica target, unit) for each
+    configured target."""
     targets = [
-        ("Utilization", spec.target_utilization_percent,
-         sum(m.utilization_percent for m in reporting), "% utilisation"),
-        ("TokensPerSecond", spec.target_tokens_per_second,
-         sum(m.tokens_per_second for m in reporting), " tokens/s"),
-        ("RequestsPerSecond", spec.target_requests_per_second,
-         sum(m.requests_per_second for m in reporting), " requests/s"),
+        ("Utilization", spec.target_utilization_percent, totals["Utilization"], "% utilisation"),
+        ("TokensPerSecond", spec.target_tokens_per_second, totals["TokensPerSecond"],
+         " tokens/s"),
+        ("RequestsPerSecond", spec.target_requests_per_second, totals["RequestsPerSecond"],
+         " requests/s"),
     ]  # fmt: skip
     return [(rule, total, target, unit) for rule, target, total, unit in targets if target]
 
@@ -224,9 +262,13 @@ def _recommend_for_queue(
 ) -> _Recommendation | None:
     """A growing backlog means arrivals exceed what is served, whatever utilisation says yet."""
     queue = sum(m.queue_tokens for m in observation.reporting)
-    if history.last_queue is None or queue <= spec.queue_threshold_tokens:
+    earlier = [(t, q) for t, q in history.queues if 0 < now - t <= spec.metric_window_seconds]
+    if not earlier or queue <= spec.queue_threshold_tokens:
         return None
-    then, before = history.last_queue
+    busy = fleet_metrics(observation).utilization_percent or 0.0
+    if busy < spec.queue_saturation_percent:
+        return None
+    then, before = earlier[0]  # growth over the metric window, not one tick's burst
     if queue <= before or now <= then:
         return None
     growth = (queue - before) / (now - then)  # tokens/s arriving beyond what is served
@@ -240,7 +282,10 @@ def _recommend_for_queue(
 
 
 def _is_idle(observation: Observation, spec: ScalingSpec, history: History, now: float) -> bool:
-    if observation.missing or not observation.ready_pods:
+    """No request for the idle timeout, with minReplicas 0: the only way to zero. Above zero
+    the targets' scale-down, with its stabilisation window, takes an idle fleet down, so a
+    gap in traffic a little longer than the timeout does not meet a single pod on return."""
+    if spec.min_replicas > 0 or observation.missing or not observation.ready_pods:
         return False  # unknown load is never taken for no load
     if any(m.active for m in observation.reporting):
         return False
@@ -276,7 +321,9 @@ def decide(observation: Observation, spec: ScalingSpec, history: History, now: f
         )  # fmt: skip
     candidates = [
         _recommend_for_target(rule, total, target, unit, observation, spec)
-        for rule, total, target, unit in _target_recommendations(observation, spec)
+        for rule, total, target, unit in _target_recommendations(
+            observation, spec, _windowed_totals(observation, spec, history, now)
+        )
     ]
     queue = _recommend_for_queue(observation, spec, history, now)
     if queue is not None:
@@ -301,7 +348,16 @@ def decide(observation: Observation, spec: ScalingSpec, history: History, now: f
             r for when, r in history.recommendations if now - when < spec.stabilization_seconds
         ]
         stable = min(max([recommendation, *window]), current)
-        if stable > recommendation:
+        since = now - history.started if history.started is not None else 0.0
+        if since < spec.stabilization_seconds:
+            # A history younger than the window (a new service, an operator restart) has not
+            # seen the load a window holds: keep what runs, as if it had been asked for.
+            replicas, reason = current, "StartupHold"
+            message = (
+                f"{message}; holding {current}: this history is {since:.0f}s old, under the "
+                f"{spec.stabilization_seconds:g}s window"
+            )
+        elif stable > recommendation:
             replicas, reason = stable, "ScaleDownStabilized"
             message = (
                 f"{message}; holding {stable}, the highest recommendation in the last "
@@ -334,5 +390,13 @@ def remember(
         recommendations=recommendations,
         scale_ups=scale_ups,
         last_activity=last_activity,
-        last_queue=(now, queue) if observation.reporting else history.last_queue,
+        queues=(
+            *((t, q) for t, q in history.queues if now - t < spec.metric_window_seconds),
+            *(((now, queue),) if observation.reporting else ()),
+        ),
+        started=history.started if history.started is not None else now,
+        totals=(
+            *((when, t) for when, t in history.totals if now - when < spec.metric_window_seconds),
+            *(((now, tuple(_fleet_totals(observation).items())),) if observation.reporting else ()),
+        ),
     )

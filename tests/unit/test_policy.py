@@ -51,7 +51,23 @@ TPS = ScalingSpec(min_replicas=1, max_replicas=20, target_tokens_per_second=1000
 BOTH = ScalingSpec(
     min_replicas=1, max_replicas=20, target_utilization_percent=65, target_requests_per_second=10
 )
-BUSY = History(last_activity=NOW)  # recently active: the idle rule stays out of the way
+STARTED = NOW - 3600  # a history older than any window: the startup hold is over
+BUSY = History(last_activity=NOW, started=STARTED)  # recently active, long running
+
+
+def past(**fields: object) -> History:
+    """A history that started long ago, with these fields."""
+    return History(started=STARTED, **fields)  # type: ignore[arg-type]
+
+
+def quiet_ticks(
+    *ago_and_utilisation: tuple[float, float],
+) -> tuple[tuple[float, tuple[tuple[str, float], ...]], ...]:
+    """Earlier ticks' fleet totals (seconds ago, fleet utilisation percent summed)."""
+    return tuple(
+        (NOW - ago, (("Utilization", util), ("TokensPerSecond", 0.0), ("RequestsPerSecond", 0.0)))
+        for ago, util in ago_and_utilisation
+    )
 
 
 @dataclass
@@ -87,49 +103,74 @@ CASES = [
          fleet(8, *[load(rps=60)] * 8), 16, "ScaleUpRateLimited"),
     Case("a scale-up earlier in the same period counts against the limit", RPS,
          fleet(5, load(rps=150)), 5, "ScaleUpRateLimited",
-         history=History(last_activity=NOW, scale_ups=((NOW - 5, 1),))),
+         history=past(last_activity=NOW, scale_ups=((NOW - 5, 1),))),
     Case("pods still starting count as zero load: no overshoot", UTIL,
          fleet(4, load(100)), 4, "UtilizationWithinTarget"),
     Case("a ready pod without metrics counts as zero load when scaling up", UTIL,
          fleet(2, load(100), None), 2, "MetricsMissing"),
-    Case("a growing queue scales up before utilisation catches up", UTIL,
+    Case("a queue growing on a saturated fleet scales up by arrivals over service", UTIL,
+         fleet(2, load(95, tps=5000, queue=200_000), load(95, tps=5000, queue=200_000)),
+         4, "QueueGrowing",
+         history=past(last_activity=NOW, queues=((NOW - 45, 20_000.0), (NOW - 15, 70_000.0)),
+                      totals=quiet_ticks((45, 190.0), (30, 190.0), (15, 190.0)))),
+    Case("a queue from a burst on a fleet below saturation is no reason to scale", UTIL,
          fleet(2, load(60, tps=5000, queue=40_000), load(60, tps=5000, queue=40_000)),
-         3, "QueueGrowing",
-         history=History(last_activity=NOW, last_queue=(NOW - 15, 20_000.0))),
-    Case("a large but shrinking queue is no reason to scale", UTIL,
-         fleet(2, load(60, tps=5000, queue=20_000), load(60, tps=5000, queue=20_000)),
          2, "UtilizationWithinTarget",
-         history=History(last_activity=NOW, last_queue=(NOW - 15, 60_000.0))),
+         history=past(last_activity=NOW, queues=((NOW - 15, 20_000.0),))),
+    Case("a large but shrinking queue is no reason to scale", UTIL,
+         fleet(2, load(95, tps=5000, queue=20_000), load(95, tps=5000, queue=20_000)),
+         3, "UtilizationAboveTarget",
+         history=past(last_activity=NOW, queues=((NOW - 15, 60_000.0),))),
+    # The targets see the fleet's load over the metric window, not one tick's.
+    Case("one busy tick after quiet ones is within the target over the window", UTIL,
+         fleet(2, load(100), load(100)), 2, "UtilizationWithinTarget",
+         history=past(last_activity=NOW, totals=quiet_ticks((45, 20.0), (30, 20.0), (15, 20.0)))),
+    Case("ticks older than the window are forgotten", UTIL,
+         fleet(2, load(100), load(100)), 4, "UtilizationAboveTarget",
+         history=past(last_activity=NOW, totals=quiet_ticks((75, 20.0), (60, 20.0)))),
     # Scale down slowly: stabilisation window and hysteresis.
     Case("scale-down waits for the highest recommendation in the window", UTIL,
          fleet(4, load(10), load(10), load(10), load(10)), 4, "ScaleDownStabilized",
-         history=History(last_activity=NOW, recommendations=((NOW - 200, 4), (NOW - 100, 3)))),
+         history=past(last_activity=NOW, recommendations=((NOW - 200, 4), (NOW - 100, 3)))),
     Case("scale-down goes to the window's highest, not all the way", UTIL,
          fleet(4, load(10), load(10), load(10), load(10)), 3, "ScaleDownStabilized",
-         history=History(last_activity=NOW, recommendations=((NOW - 400, 4), (NOW - 100, 3)))),
+         history=past(last_activity=NOW, recommendations=((NOW - 400, 4), (NOW - 100, 3)))),
     Case("scale-down after the window has passed", UTIL,
          fleet(4, load(10), load(10), load(10), load(10)), 1, "UtilizationBelowTarget",
-         history=History(last_activity=NOW, recommendations=((NOW - 301, 4),)), limited=True),
+         history=past(last_activity=NOW, recommendations=((NOW - 301, 4),)), limited=True),
     Case("hysteresis: load that would just fit fewer replicas at the target stays put", UTIL,
          fleet(2, load(30), load(30)), 2, "UtilizationWithinTarget"),
     Case("hysteresis: load that fits with headroom scales down", UTIL,
          fleet(2, load(25), load(25)), 1, "UtilizationBelowTarget", limited=True),
-    # Idle timeout.
-    Case("idle for the timeout goes straight to minReplicas",
+    # A history younger than the window (new service, operator restart) holds the fleet.
+    Case("the first tick of a history scales nothing down", UTIL,
+         fleet(3, load(10), load(10), load(10)), 3, "StartupHold", history=History()),
+    Case("a history younger than the window still holds", UTIL,
+         fleet(3, load(10), load(10), load(10)), 3, "StartupHold",
+         history=History(started=NOW - 200, last_activity=NOW)),
+    Case("the startup hold never holds back a scale-up", UTIL,
+         fleet(2, load(100), load(100)), 4, "UtilizationAboveTarget", history=History()),
+    # Idle timeout: the way to zero.
+    Case("idle for the timeout with minReplicas 0 goes to zero",
          ScalingSpec(min_replicas=0, max_replicas=8, target_utilization_percent=65),
          fleet(6, *[load(0)] * 6), 0, "Idle",
-         history=History(last_activity=NOW - 121, recommendations=((NOW - 10, 6),)),
+         history=past(last_activity=NOW - 121, recommendations=((NOW - 10, 6),)),
          limited=True),
-    Case("idle shorter than the timeout does not", UTIL,
+    Case("idle with minReplicas 1 comes down through the window, not straight", UTIL,
+         fleet(6, *[load(0)] * 6), 6, "ScaleDownStabilized",
+         history=past(last_activity=NOW - 1000, recommendations=((NOW - 10, 6),))),
+    Case("idle shorter than the timeout does not go to zero",
+         ScalingSpec(min_replicas=0, max_replicas=8, target_utilization_percent=65),
          fleet(3, load(0), load(0), load(0)), 3, "ScaleDownStabilized",
-         history=History(last_activity=NOW - 60, recommendations=((NOW - 10, 3),))),
-    Case("idle needs every ready pod measured", UTIL,
+         history=past(last_activity=NOW - 60, recommendations=((NOW - 10, 3),))),
+    Case("idle needs every ready pod measured",
+         ScalingSpec(min_replicas=0, max_replicas=8, target_utilization_percent=65),
          fleet(3, load(0), load(0), None), 3, "MetricsMissing",
-         history=History(last_activity=NOW - 1000)),
+         history=past(last_activity=NOW - 1000)),
     # Missing or stale metrics never scale down.
     Case("a pod without fresh metrics blocks a scale-down", UTIL,
          fleet(3, load(5), None, load(5)), 3, "MetricsMissing",
-         history=History(last_activity=NOW)),
+         history=past(last_activity=NOW)),
     Case("no metrics at all holds the fleet", UTIL,
          fleet(3, None, None, None), 3, "MetricsMissing"),
     Case("missing metrics do not stop a scale-up (the unmeasured pod counts as zero)", RPS,
@@ -161,10 +202,12 @@ def test_clamp_message_says_which_bound() -> None:
 def test_remember_keeps_the_window_and_the_period() -> None:
     spec = ScalingSpec(min_replicas=1, max_replicas=8, target_utilization_percent=65,
                        stabilization_seconds=300, tick_seconds=15)  # fmt: skip
-    history = History(
+    history = past(
         recommendations=((NOW - 400, 8), (NOW - 100, 5)),
         scale_ups=((NOW - 30, 1), (NOW - 5, 2)),
         last_activity=NOW - 50,
+        queues=((NOW - 75, 9.0), (NOW - 45, 7.0)),
+        totals=quiet_ticks((75, 10.0), (45, 190.0)),
     )
     observation = fleet(2, load(100), load(100))
     decision = decide(observation, spec, history, NOW)
@@ -172,7 +215,11 @@ def test_remember_keeps_the_window_and_the_period() -> None:
     assert after.recommendations == ((NOW - 100, 5), (NOW, decision.recommendation))
     assert after.scale_ups == ((NOW - 5, 2), (NOW, 2))
     assert after.last_activity == NOW  # a busy engine is activity even before a request ends
-    assert after.last_queue == (NOW, 0.0)
+    assert after.queues == ((NOW - 45, 7.0), (NOW, 0.0))  # the metric window's (60 s)
+    assert [when for when, _ in after.totals] == [NOW - 45, NOW]
+    assert dict(after.totals[-1][1])["Utilization"] == 200.0
+    assert after.started == STARTED
+    assert remember(History(), observation, decision, spec, NOW).started == NOW
 
 
 def test_remember_activity_comes_from_requests_and_queues_not_silence() -> None:
