@@ -273,10 +273,17 @@ def _recommend_for_queue(
         return None
     growth = (queue - before) / (now - then)  # tokens/s arriving beyond what is served
     served = sum(m.tokens_per_second for m in observation.reporting)
-    pods = max(observation.current_replicas, 1)
-    wanted = math.ceil(pods * (served + growth) / served) if served > 0 else pods + 1
+    current = observation.current_replicas
+    # The pods that served scaled by arrivals over service. Pods still starting serve nothing
+    # yet and keep the queue growing until they are ready: counted in `current`, never in the
+    # ratio, or each tick of their start would add more (5 -> 14 in two minutes on the Azure
+    # trace while 4 new pods were starting).
+    serving = len(observation.reporting)
+    wanted = math.ceil(serving * (served + growth) / served) if served > 0 else current + 1
+    if wanted <= current:
+        return None  # the pods already asked for cover it
     return _Recommendation(
-        max(wanted, pods + 1), "QueueGrowing",
+        wanted, "QueueGrowing",
         f"queue grew to {queue:.0f} tokens (+{growth:.0f} tokens/s over {served:.0f} served)",
     )  # fmt: skip
 
