@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -26,33 +27,39 @@ def _hold_the_loop(seconds: float) -> None:
     time.sleep(seconds)  # what a CPU-bound step on the loop does to every request
 
 
-def test_a_blocked_loop_is_logged_once_with_where_it_was() -> None:
+def _stalls_while(block: Callable[[], None]) -> tuple[list[logging.LogRecord], int, int]:
+    """Runs a loop with a StallLogger (50 ms): idle for 0.3 s, then `block` on the loop. The
+    stall records, and how many stalls the logger counted while idle and in all."""
     records = _Records()
     logger = logging.getLogger("embedfleet.worker")
     logger.addHandler(records)
 
-    async def run() -> StallLogger:
+    async def run() -> tuple[int, int]:
         stalls = StallLogger(asyncio.get_running_loop(), threshold_s=0.05)
         stalls.start()
         try:
             await asyncio.sleep(0.3)  # an idle loop answers every ping at once
             idle = stalls.stalls
-            _hold_the_loop(0.4)
+            block()
             for _ in range(100):  # the logger reports once the loop answers again
-                if stalls.stalls:
+                if stalls.stalls > idle:
                     break
                 await asyncio.sleep(0.01)
-            assert idle == 0
-            return stalls
+            return idle, stalls.stalls
         finally:
             stalls.stop()
 
     try:
-        stalls = asyncio.run(run())
+        idle, total = asyncio.run(run())
     finally:
         logger.removeHandler(records)
-    assert stalls.stalls == 1
-    (record,) = [r for r in records.records if r.getMessage() == "event loop stalled"]
+    return [r for r in records.records if r.getMessage() == "event loop stalled"], idle, total
+
+
+def test_a_blocked_loop_is_logged_once_with_where_it_was() -> None:
+    records, idle, total = _stalls_while(lambda: _hold_the_loop(0.4))
+    assert (idle, total) == (0, 1)
+    (record,) = records
     assert record.levelno == logging.WARNING
     assert 300 <= record.stalled_ms < 2000  # type: ignore[attr-defined]
     assert "_hold_the_loop" in record.loop_stack  # type: ignore[attr-defined]
@@ -95,37 +102,17 @@ def _collect_cycles() -> None:
 
 @pytest.mark.parametrize(
     ("block", "computing", "collecting"),
-    [(_hold_the_loop, False, False), (_spin, True, False), (_collect_cycles, True, True)],
+    [
+        (lambda: _hold_the_loop(0.4), False, False),
+        (lambda: _spin(0.4), True, False),
+        (_collect_cycles, True, True),
+    ],
     ids=["waiting", "computing", "collecting"],
 )
 def test_a_stall_says_whether_the_loop_waited_computed_or_collected(
-    block: object, computing: bool, collecting: bool
+    block: Callable[[], None], computing: bool, collecting: bool
 ) -> None:
-    records = _Records()
-    logger = logging.getLogger("embedfleet.worker")
-    logger.addHandler(records)
-
-    async def run() -> None:
-        stalls = StallLogger(asyncio.get_running_loop(), threshold_s=0.05)
-        stalls.start()
-        try:
-            await asyncio.sleep(0.1)
-            if block is _collect_cycles:
-                _collect_cycles()
-            else:
-                block(0.4)  # type: ignore[operator]
-            for _ in range(100):
-                if stalls.stalls:
-                    break
-                await asyncio.sleep(0.01)
-        finally:
-            stalls.stop()
-
-    try:
-        asyncio.run(run())
-    finally:
-        logger.removeHandler(records)
-    (record,) = [r for r in records.records if r.getMessage() == "event loop stalled"]
+    (record, *_), _, _ = _stalls_while(block)
     stalled, cpu = record.stalled_ms, record.loop_cpu_ms  # type: ignore[attr-defined]
     assert stalled >= 50
     if computing:
