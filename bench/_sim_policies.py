@@ -46,13 +46,21 @@ class Embedfleet(Autoscaler):
     observer would see: every tick each ready pod's rates over the last tick from counter
     deltas (requests/s, tokens/s, engine busy fraction, NVML utilisation taken equal to it)
     and its queue gauges at the sampling instant. A pod first scraped this tick has no rate
-    yet (`PodObservation(name, None)`): the observer needs two scrapes."""
+    yet (`PodObservation(name, None)`): the observer needs two scrapes. The scrape is taken
+    `scrape_lag` seconds before the decision (the operator scrapes every worker, then
+    decides; 1 s is generous at a 15 s tick), while the replica count is read at the decision,
+    as the operator reads the Deployment."""
 
     name = "embedfleet"
 
-    def __init__(self, config: SimConfig, tick: int = 15) -> None:
+    def __init__(self, config: SimConfig, tick: int = 15, scrape_lag: int = 1) -> None:
         super().__init__(config)
         self.period = tick
+        if not 0 <= scrape_lag < tick:
+            raise ValueError("the scrape lag must be under one tick")
+        self.scrape_lag = scrape_lag
+        self.per_second = scrape_lag > 0  # observe() takes the scrape `scrape_lag` s early
+        self.scrape: tuple[PodObservation, ...] = ()
         self.spec = ScalingSpec(
             min_replicas=config.min_replicas,
             max_replicas=config.max_replicas,
@@ -93,10 +101,13 @@ class Embedfleet(Autoscaler):
     def start(self, now: int, cluster: Cluster) -> None:
         self._scrape(cluster)
 
+    def observe(self, now: int, cluster: Cluster) -> None:
+        if (now + self.scrape_lag) % self.period == 0:
+            self.scrape = self._scrape(cluster)
+
     def decide(self, now: int, cluster: Cluster) -> int:
-        observation = Observation(
-            current_replicas=cluster.pod_count, ready_pods=self._scrape(cluster)
-        )
+        pods = self.scrape if self.scrape_lag else self._scrape(cluster)
+        observation = Observation(current_replicas=cluster.pod_count, ready_pods=pods)
         decision = decide(observation, self.spec, self.history, float(now))
         self.history = remember(self.history, observation, decision, self.spec, float(now))
         self.last_reason = decision.reason

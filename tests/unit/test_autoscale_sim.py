@@ -19,6 +19,7 @@ from bench._sim_run import RunResult, ScaleEvent, flaps
 from bench._sim_traces import DAY_S, make_trace
 from bench.autoscale_sim import acceptance, main, run_all
 from embedfleet_operator import policy as real_policy
+from embedfleet_operator.policy import PodObservation
 
 CONFIG = SimConfig()
 TRACES = ("diurnal", "spike", "onoff", "ramp", "azure-conv", "azure-conv-24h")
@@ -175,6 +176,35 @@ def test_embedfleet_sees_no_rate_from_a_pod_scraped_once() -> None:
     assert pods[0].metrics is not None
     assert pods[0].metrics.tokens_per_second > 0
     assert pods[1].metrics is None  # became ready since the last scrape
+
+
+def test_embedfleet_decides_on_a_scrape_taken_scrape_lag_seconds_before() -> None:
+    """A burst that starts 3 s before the tick is in the decision only without a lag."""
+    seen = {}
+    for lag in (0, 5):
+        cluster = Cluster(CONFIG, initial_ready=1)
+        scaler = Embedfleet(CONFIG, scrape_lag=lag)
+        scaler.start(0, cluster)
+        decided: list[tuple[PodObservation, ...]] = []
+
+        def recording(
+            observation: Any, *rest: Any, into: list[Any] = decided
+        ) -> real_policy.Decision:
+            into.append(observation.ready_pods)
+            return real_policy.decide(observation, *rest)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sim_policies, "decide", recording)
+            for second in range(15):
+                cluster.step(second, 0.2 * C if second < 12 else 5 * C)
+                if scaler.per_second:
+                    scaler.observe(second + 1, cluster)
+            scaler.decide(15, cluster)
+        (pod,) = decided[0]
+        assert pod.metrics is not None
+        seen[lag] = pod.metrics.queue_tokens
+    assert seen[0] > 0  # the burst's queue, at the tick
+    assert seen[5] == 0  # scraped at second 10, before the burst
 
 
 # --------------------------------------------------------------------------- HPA
