@@ -205,7 +205,7 @@ def _with_cluster(cluster: LocalCluster, workdir: Path, started: float) -> int:
             for pod in sorted(pool):
                 whole = end[pod] - start.get(pod, 0.0)
                 print(f"    {pod}: {whole:5.0f} / {end[pod] - middle[pod]:4.0f}", flush=True)
-            say("waiting for the idle timeout ...")
+            say("no more traffic: waiting for the fleet to come back down (the window) ...")
             watcher.watch(120, until=lambda: watcher.downs and watcher._replicas == 1)
         say(f"scale-ups: {watcher.ups}, scale-downs: {watcher.downs}")
         custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name)
