@@ -47,8 +47,9 @@ def full_run() -> list[RunResult]:
 
 # Not met yet (issue 14 stays open): on the recorded Azure trace embedfleet spends 0.4% (24 h)
 # and 3% (1 h) more GPU-hours than HPA, with fewer SLO-violation minutes (57 and 4 against 72
-# and 7), and more SLO minutes than the fixed fleet plus 5 a day; the oracle shows that no fleet sized minute by
-# minute at HPA's cost gets under 25 a day there. `autoscale_sim.py --check` reports them.
+# and 7), and more SLO minutes than the fixed fleet plus 5 a day; the oracle shows that no
+# fleet sized minute by minute at HPA's cost gets under 25 a day there. `autoscale_sim.py
+# --check` reports them.
 NOT_MET_YET = ("GPU-hours <= HPA's", "cheaper than the fixed fleet")
 
 
