@@ -164,7 +164,7 @@ def _with_cluster(cluster: LocalCluster, workdir: Path, started: float) -> int:
     sample["spec"]["podAnnotations"] = {REAL_PROCESS_ANNOTATION: "true"}
     # Demo-sized timings (the sample's own are minutes).
     sample["spec"]["autoscaling"].update(
-        targetRequestsPerSecondPerReplica=8, idleTimeoutSeconds=15, scaleDownStabilizationSeconds=20
+        targetRequestsPerSecondPerReplica=8, scaleDownStabilizationSeconds=20
     )
     kubelet = LoopbackKubelet(
         api, NAMESPACE, workdir / "pods", prepare_volume=seed_hub_cache,
@@ -173,7 +173,7 @@ def _with_cluster(cluster: LocalCluster, workdir: Path, started: float) -> int:
     with operator_process(cluster, account_kubeconfig, workdir / "operator.log"), kubelet:
         model = sample["spec"]["model"]["name"]
         say(f"kubectl apply -f deploy/samples/minilm-cpu.yaml (model {model}, 1-3 CPU workers; "
-            "demo timings: idle 15 s, stabilisation 20 s)")  # fmt: skip
+            "demo timing: stabilisation 20 s)")  # fmt: skip
         custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, sample)
 
         def ready() -> bool:
