@@ -127,9 +127,8 @@ class History:
     recommendations: tuple[tuple[float, int], ...] = ()  # (time, replicas) in the window
     scale_ups: tuple[tuple[float, int], ...] = ()  # (time, replicas before) in the tick period
     last_activity: float | None = None
-    queues: tuple[tuple[float, float], ...] = ()  # (time, fleet queue tokens) in the window
     started: float | None = None  # the first tick this history saw (None: this is the first)
-    # (time, fleet total per target rule) of the ticks in the metric window
+    # (time, fleet totals: one per target rule, and the queue) of the ticks in the metric window
     totals: tuple[tuple[float, tuple[tuple[str, float], ...]], ...] = ()
 
 
@@ -184,12 +183,14 @@ def fleet_metrics(observation: Observation) -> FleetMetrics:
 
 
 def _fleet_totals(observation: Observation) -> dict[str, float]:
-    """This tick's fleet-wide load per target rule, in the target's unit."""
+    """This tick's fleet-wide load per target rule, in the target's unit, and the queue (for
+    its growth over the window)."""
     reporting = observation.reporting
     return {
         "Utilization": sum(m.utilization_percent for m in reporting),
         "TokensPerSecond": sum(m.tokens_per_second for m in reporting),
         "RequestsPerSecond": sum(m.requests_per_second for m in reporting),
+        "QueueTokens": sum(m.queue_tokens for m in reporting),
     }
 
 
@@ -258,21 +259,25 @@ def _recommend_for_target(
 
 
 def _recommend_for_queue(
-    observation: Observation, spec: ScalingSpec, history: History, now: float
-) -> _Recommendation | None:
+    observation: Observation, metrics: FleetMetrics, spec: ScalingSpec, history: History,
+    now: float,
+) -> _Recommendation | None:  # fmt: skip
     """A growing backlog means arrivals exceed what is served, whatever utilisation says yet."""
-    queue = sum(m.queue_tokens for m in observation.reporting)
-    earlier = [(t, q) for t, q in history.queues if 0 < now - t <= spec.metric_window_seconds]
+    queue = metrics.queue_tokens
+    earlier = [
+        (t, dict(totals)["QueueTokens"])
+        for t, totals in history.totals
+        if 0 < now - t <= spec.metric_window_seconds
+    ]
     if not earlier or queue <= spec.queue_threshold_tokens:
         return None
-    busy = fleet_metrics(observation).utilization_percent or 0.0
-    if busy < spec.queue_saturation_percent:
+    if (metrics.utilization_percent or 0.0) < spec.queue_saturation_percent:
         return None
     then, before = earlier[0]  # growth over the metric window, not one tick's burst
     if queue <= before or now <= then:
         return None
     growth = (queue - before) / (now - then)  # tokens/s arriving beyond what is served
-    served = sum(m.tokens_per_second for m in observation.reporting)
+    served = metrics.tokens_per_second
     current = observation.current_replicas
     # The pods that served scaled by arrivals over service. Pods still starting serve nothing
     # yet and keep the queue growing until they are ready: counted in `current`, never in the
@@ -332,7 +337,7 @@ def decide(observation: Observation, spec: ScalingSpec, history: History, now: f
             observation, spec, _windowed_totals(observation, spec, history, now)
         )
     ]
-    queue = _recommend_for_queue(observation, spec, history, now)
+    queue = _recommend_for_queue(observation, metrics, spec, history, now)
     if queue is not None:
         candidates.append(queue)
     if not candidates:
@@ -383,7 +388,7 @@ def remember(
     history: History, observation: Observation, decision: Decision, spec: ScalingSpec, now: float
 ) -> History:
     """The history after this tick: recommendations in the window, this period's scale-ups,
-    the last time anything was asked of the fleet and the queue for the growth test."""
+    the last time anything was asked of the fleet and the fleet totals of the metric window."""
     window = max(spec.stabilization_seconds, spec.tick_seconds)
     kept = [(when, r) for when, r in history.recommendations if now - when < window]
     recommendations = (*kept, (now, decision.recommendation))
@@ -392,15 +397,10 @@ def remember(
         scale_ups += ((now, observation.current_replicas),)
     active = any(m.active for m in observation.reporting) or bool(observation.missing)
     last_activity = now if active or history.last_activity is None else history.last_activity
-    queue = sum(m.queue_tokens for m in observation.reporting)
     return History(
         recommendations=recommendations,
         scale_ups=scale_ups,
         last_activity=last_activity,
-        queues=(
-            *((t, q) for t, q in history.queues if now - t < spec.metric_window_seconds),
-            *(((now, queue),) if observation.reporting else ()),
-        ),
         started=history.started if history.started is not None else now,
         totals=(
             *((when, t) for when, t in history.totals if now - when < spec.metric_window_seconds),

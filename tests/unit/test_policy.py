@@ -60,14 +60,16 @@ def past(**fields: object) -> History:
     return History(started=STARTED, **fields)  # type: ignore[arg-type]
 
 
-def quiet_ticks(
-    *ago_and_utilisation: tuple[float, float],
+def earlier_ticks(
+    *ago_utilisation_queue: tuple[float, float, float],
 ) -> tuple[tuple[float, tuple[tuple[str, float], ...]], ...]:
-    """Earlier ticks' fleet totals (seconds ago, fleet utilisation percent summed)."""
+    """Earlier ticks' fleet totals: (seconds ago, fleet utilisation percent summed, fleet
+    queue tokens)."""
     return tuple(
-        (NOW - ago, (("Utilization", util), ("TokensPerSecond", 0.0), ("RequestsPerSecond", 0.0)))
-        for ago, util in ago_and_utilisation
-    )
+        (NOW - ago, (("Utilization", util), ("TokensPerSecond", 0.0), ("RequestsPerSecond", 0.0),
+                     ("QueueTokens", queue)))
+        for ago, util, queue in ago_utilisation_queue
+    )  # fmt: skip
 
 
 @dataclass
@@ -111,28 +113,29 @@ CASES = [
     Case("a queue growing on a saturated fleet scales up by arrivals over service", UTIL,
          fleet(2, load(95, tps=5000, queue=200_000), load(95, tps=5000, queue=200_000)),
          4, "QueueGrowing",
-         history=past(last_activity=NOW, queues=((NOW - 45, 20_000.0), (NOW - 15, 70_000.0)),
-                      totals=quiet_ticks((45, 190.0), (30, 190.0), (15, 190.0)))),
+         history=past(last_activity=NOW, totals=earlier_ticks(
+             (45, 190.0, 20_000.0), (30, 190.0, 45_000.0), (15, 190.0, 70_000.0)))),
     Case("pods still starting cover a growing queue: none added per tick of their start", UTIL,
          fleet(6, load(95, tps=5000, queue=200_000), load(95, tps=5000, queue=200_000)),
          6, "UtilizationWithinTarget",
-         history=past(last_activity=NOW, queues=((NOW - 45, 20_000.0),),
-                      totals=quiet_ticks((45, 190.0), (30, 190.0), (15, 190.0)))),
+         history=past(last_activity=NOW, totals=earlier_ticks(
+             (45, 190.0, 20_000.0), (30, 190.0, 20_000.0), (15, 190.0, 20_000.0)))),
     Case("a queue from a burst on a fleet below saturation is no reason to scale", UTIL,
          fleet(2, load(60, tps=5000, queue=40_000), load(60, tps=5000, queue=40_000)),
          2, "UtilizationWithinTarget",
-         history=past(last_activity=NOW, queues=((NOW - 15, 20_000.0),))),
+         history=past(last_activity=NOW, totals=earlier_ticks((15, 120.0, 20_000.0)))),
     Case("a large but shrinking queue is no reason to scale", UTIL,
          fleet(2, load(95, tps=5000, queue=20_000), load(95, tps=5000, queue=20_000)),
          3, "UtilizationAboveTarget",
-         history=past(last_activity=NOW, queues=((NOW - 15, 60_000.0),))),
+         history=past(last_activity=NOW, totals=earlier_ticks((15, 190.0, 60_000.0)))),
     # The targets see the fleet's load over the metric window, not one tick's.
     Case("one busy tick after quiet ones is within the target over the window", UTIL,
          fleet(2, load(100), load(100)), 2, "UtilizationWithinTarget",
-         history=past(last_activity=NOW, totals=quiet_ticks((45, 20.0), (30, 20.0), (15, 20.0)))),
+         history=past(last_activity=NOW, totals=earlier_ticks(
+             (45, 20.0, 0.0), (30, 20.0, 0.0), (15, 20.0, 0.0)))),
     Case("ticks older than the window are forgotten", UTIL,
          fleet(2, load(100), load(100)), 4, "UtilizationAboveTarget",
-         history=past(last_activity=NOW, totals=quiet_ticks((75, 20.0), (60, 20.0)))),
+         history=past(last_activity=NOW, totals=earlier_ticks((75, 20.0, 0.0), (60, 20.0, 0.0)))),
     # Scale down slowly: stabilisation window and hysteresis.
     Case("scale-down waits for the highest recommendation in the window", UTIL,
          fleet(4, load(10), load(10), load(10), load(10)), 4, "ScaleDownStabilized",
@@ -211,8 +214,7 @@ def test_remember_keeps_the_window_and_the_period() -> None:
         recommendations=((NOW - 400, 8), (NOW - 100, 5)),
         scale_ups=((NOW - 30, 1), (NOW - 5, 2)),
         last_activity=NOW - 50,
-        queues=((NOW - 75, 9.0), (NOW - 45, 7.0)),
-        totals=quiet_ticks((75, 10.0), (45, 190.0)),
+        totals=earlier_ticks((75, 10.0, 9.0), (45, 190.0, 7.0)),
     )
     observation = fleet(2, load(100), load(100))
     decision = decide(observation, spec, history, NOW)
@@ -220,7 +222,8 @@ def test_remember_keeps_the_window_and_the_period() -> None:
     assert after.recommendations == ((NOW - 100, 5), (NOW, decision.recommendation))
     assert after.scale_ups == ((NOW - 5, 2), (NOW, 2))
     assert after.last_activity == NOW  # a busy engine is activity even before a request ends
-    assert after.queues == ((NOW - 45, 7.0), (NOW, 0.0))  # the metric window's (60 s)
+    queues = [(when, dict(totals)["QueueTokens"]) for when, totals in after.totals]
+    assert queues == [(NOW - 45, 7.0), (NOW, 0.0)]  # the metric window's (60 s)
     assert [when for when, _ in after.totals] == [NOW - 45, NOW]
     assert dict(after.totals[-1][1])["Utilization"] == 200.0
     assert after.started == STARTED
