@@ -31,10 +31,12 @@ def free_port() -> int:
 
 @contextmanager
 def running_worker(
-    args: Sequence[str], log: Path, env: dict[str, str] | None = None, ready_timeout: float = 900
-) -> Iterator[Server]:
+    args: Sequence[str], log: Path, env: dict[str, str] | None = None, ready_timeout: float = 900,
+    cpus: frozenset[int] | None = None,
+) -> Iterator[Server]:  # fmt: skip
     """Yields the worker's base URL and pid once `/ready` answers 200; SIGTERM and wait on exit.
-    `env` adds to the environment (PYTHONPATH: serve another checkout's worker)."""
+    `env` adds to the environment (PYTHONPATH: serve another checkout's worker); `cpus` keeps
+    the worker and the processes it starts on those CPUs."""
     port = free_port()
     command = [sys.executable, "-m", "embedfleet_worker.cli", "serve", "--host", "127.0.0.1",
                "--port", str(port), "--log-level", "warning", *args]  # fmt: skip
@@ -45,7 +47,10 @@ def running_worker(
         **(env or {}),
     }
     with log.open("ab") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environ)
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=environ,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        )  # fmt: skip
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_timeout

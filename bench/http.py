@@ -10,7 +10,8 @@ given with --model-dir, and drives it over loopback from this separate process:
              the openai client (base64 by default)
   queries32  32 queries per request, 16 concurrent, `float`
   passages   32 passages per request, 8 concurrent, `float` and `base64`
-  latency    one 16-token query at a time, `float` and `base64`
+  latency    one 16-token query at a time, `float` and `base64`, through aiohttp and through a
+             client that only writes and reads the bytes (what the worker adds)
   mixed      a query every 20 ms during a passage stream
   large      a query every 20 ms while four 2,048-query requests get `float` answers (not in
              the default set: pass --workloads ...,large)
@@ -26,7 +27,10 @@ server's event loops (the API processes' main threads, summed) used.
     PYTHONPATH=worker:. python3 bench/http.py --model 4b --tokenizer <qwen3-dir> --json out.json
     PYTHONPATH=worker:. .venv/bin/python bench/http.py --quick     # CPU smoke, MiniLM, ~1 min
 
-`--server-path DIR` serves from another checkout's `worker/` (a before/after run)."""
+`--server-path DIR` serves from another checkout's `worker/` (a before/after run).
+`--server-cpus N` keeps the worker on N CPUs and every client on the others: in production
+the callers run on other machines, and on one host 24 openai client processes otherwise take
+CPU time from the worker's event loop and engine threads."""
 
 # ruff: noqa: E402  (sys.path is fixed before the imports: see below)
 
@@ -174,6 +178,9 @@ async def drive(url: str, model: str, texts: dict[str, Any], n: dict[str, int],
         # text, about 0.2 ms of the round trip on a 2-core machine
         run = await load.sequential(url, [texts["latency"]] * n["latency"], encoding="base64")
         out["latency_base64"] = run.summary()
+        for encoding in ("float", "base64"):  # the same without aiohttp's own cost
+            run = await load.lean_sequential(url, [texts["latency"]] * n["latency"], encoding)
+            out[f"latency_lean_{encoding}"] = run.summary()
         await lag_since_last("latency")
     if "mixed" in workloads:
         alone = await load.sequential(url, queries[: n["mixed_queries"] // 4], 0.020)
@@ -246,6 +253,10 @@ def ratios(http: dict[str, Any], engine: dict[str, Any]) -> list[tuple[str, str,
     ours = get(http, "latency_base64", "latency_ms", "p50_ms")
     rows.append(("the same, base64", _f(ours), _f(theirs),
                  f"+{ours - theirs:.2f} ms" if ours and theirs else ""))  # fmt: skip
+    for encoding in ("float", "base64"):
+        ours = get(http, f"latency_lean_{encoding}", "latency_ms", "p50_ms")
+        rows.append((f"  the same, {encoding}, a client without aiohttp", _f(ours), _f(theirs),
+                     f"+{ours - theirs:.2f} ms" if ours and theirs else ""))  # fmt: skip
     mixed_q = get(http, "mixed", "query_mixed", "latency_ms", "p99_ms")
     alone_q = get(http, "mixed", "query_alone", "latency_ms", "p99_ms")
     engine_q = get(engine, "mixed", "query_mixed", "p99_ms")
@@ -320,6 +331,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--client-processes", type=int, default=None,
                         help="client processes for the loads (default 8; --quick 2)")  # fmt: skip
+    parser.add_argument("--server-cpus", type=int, default=0,
+                        help="the worker on this many CPUs, the clients on the rest, as if they"
+                        " ran on other machines (default 0: all share every CPU)")  # fmt: skip
     args = parser.parse_args()
     clients = args.client_processes or (2 if args.quick else 8)
     from bench._systems import default_tokenizer_dir
@@ -346,9 +360,14 @@ def main() -> int:
         env["PYTHONPATH"] = os.pathsep.join(
             [str(args.server_path), os.environ.get("PYTHONPATH", "")]
         )
+    every_cpu = frozenset(os.sched_getaffinity(0))
+    server_cpus, client_cpus = split_cpus(every_cpu, args.server_cpus)
     started = time.perf_counter()
-    with running_worker([*serve, *args.serve_args.split()], workdir / "worker.log", env) as server:
+    with running_worker(
+        [*serve, *args.serve_args.split()], workdir / "worker.log", env, cpus=server_cpus
+    ) as server:
         load_s = time.perf_counter() - started
+        os.sched_setaffinity(0, client_cpus)  # the client processes start from this one
 
         def profile() -> None:
             if args.profile:  # py-spy: the server's Python stacks, all threads, collapsed
@@ -375,6 +394,7 @@ def main() -> int:
         http = asyncio.run(
             drive(server.url, model_name, texts, n, workloads, profile, clients, server.pid)
         )
+    os.sched_setaffinity(0, every_cpu)  # the engine's in-process figures: every CPU
     if args.json:  # the HTTP half is kept even if the engine half does not finish
         args.json.write_text(json.dumps({"command": sys.argv, "http": http}, indent=2))
     engine = {} if args.quick or args.no_engine else engine_figures(args, workdir)
@@ -395,6 +415,16 @@ def main() -> int:
         args.json.write_text(json.dumps({"command": sys.argv, "http": http, "engine": engine,
                                          "gpu": _gpu_name()}, indent=2))  # fmt: skip
     return 1 if errors else 0
+
+
+def split_cpus(cpus: frozenset[int], server: int) -> tuple[frozenset[int] | None, frozenset[int]]:
+    """The worker's CPUs (the lowest `server` of them; None: no pinning) and the clients'."""
+    if server <= 0:
+        return None, cpus
+    ordered = sorted(cpus)
+    if server >= len(ordered):
+        raise SystemExit(f"--server-cpus {server} leaves no CPU of {len(ordered)} to clients")
+    return frozenset(ordered[:server]), frozenset(ordered[server:])
 
 
 def _gpu_name() -> str | None:
