@@ -54,8 +54,10 @@ class OperatorProcess:
         log_path: Path,
         *args: str,
         kubeconfig: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
-        """`kubeconfig` defaults to the admin's; pass a ServiceAccount's to run with its RBAC."""
+        """`kubeconfig` defaults to the admin's; pass a ServiceAccount's to run with its RBAC.
+        `env` adds to the environment (POD_ID: the pod name the chart passes)."""
         assert cluster.admin_kubeconfig is not None
         kubeconfig = kubeconfig or cluster.admin_kubeconfig
         self.log_path = log_path
@@ -64,7 +66,7 @@ class OperatorProcess:
                 [sys.executable, "-m", "embedfleet_operator.cli", "run",
                  "--namespace", namespace, "--log-format", "plain", *args],
                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+                env={**os.environ, "KUBECONFIG": str(kubeconfig), **(env or {})},
             )  # fmt: skip
 
     def log(self) -> str:
