@@ -43,6 +43,7 @@ def run(argv: Sequence[str]) -> int:
             settings.log_format, kopf.LogFormat.FULL
         )
     )
+    handlers.fold_kopf_retries()
     kopf.run(
         clusterwide=not settings.namespaces,
         namespaces=list(settings.namespaces),

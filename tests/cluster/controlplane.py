@@ -4,6 +4,9 @@ from 127.64.0.0/16. Everything listens on 127.0.0.1 only and stops with `stop()`
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import ssl
 import tempfile
 import urllib.error
@@ -167,6 +170,22 @@ class LocalCluster:
             self._admin_client = None
         for process in reversed(self.processes):
             process.stop()
+
+    def kill_apiserver(self) -> None:
+        """SIGKILLs kube-apiserver, as a crash or an OOM kill would (`restart_apiserver`
+        brings it back)."""
+        process = self._process("kube-apiserver")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        wait_until(lambda: not process.alive(), 10, "kube-apiserver to die")
+
+    def restart_apiserver(self) -> None:
+        """Starts the killed kube-apiserver again, same flags and port; returns at /readyz."""
+        self._process("kube-apiserver").start()
+        wait_until(lambda: self.check_alive() or self._readyz(), 120, "kube-apiserver /readyz")
+
+    def _process(self, name: str) -> ManagedProcess:
+        return next(p for p in self.processes if p.name == name)
 
     def check_alive(self) -> bool:
         """Raises with the log tail if any component died; False otherwise (for wait_until)."""

@@ -1,0 +1,78 @@
+"""The Kubernetes API going away and coming back: which errors are an outage rather than an
+answer, and one WARNING per outage with an INFO when it ends, instead of an ERROR and a
+traceback for every failed request.
+
+kopf parks a timer whose handler raised for 60 s, so after a 20 s apiserver outage the first
+autoscaling tick came 37.6 s after the apiserver was healthy again (and its watch streams
+logged an ERROR per retry, 35 for that outage). The handlers retry transient failures
+themselves, every `RETRY_SECONDS`, and kopf's per-request retry messages are folded into the
+same single WARNING."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aiohttp
+from kubernetes_asyncio.client.exceptions import ApiException
+
+log = logging.getLogger("embedfleet.operator")
+
+RETRY_SECONDS = 1.0
+# Answers that say "not now" rather than "no": a conflict with a concurrent write, throttling,
+# and a server or gateway in trouble (an apiserver starting up answers 500 or 503 for a while).
+TRANSIENT_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+KOPF_RETRY_PREFIX = "Request attempt"  # kopf's "Request attempt #N/M failed; will retry: ..."
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether `error` means the API could not answer now (retry soon) rather than refused."""
+    if isinstance(error, ApiException):
+        return error.status in TRANSIENT_STATUSES
+    return isinstance(error, (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError))
+
+
+class ApiOutage:
+    """One outage at a time, shared by every handler and timer of the process: the first failure
+    logs a WARNING, the first success after it an INFO with how long it lasted. `now` comes from
+    the caller (a monotonic clock)."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def failed(self, what: str, error: BaseException | str, now: float) -> None:
+        if self.since is None:
+            self.since = now
+            log.warning(
+                "the Kubernetes API is unreachable (%s: %s); retrying every %gs",
+                what, _brief(error), RETRY_SECONDS,
+            )  # fmt: skip
+
+    def succeeded(self, now: float) -> None:
+        if self.since is not None:
+            log.info("the Kubernetes API is reachable again after %.1fs", now - self.since)
+            self.since = None
+
+
+class KopfRetryFilter(logging.Filter):
+    """Folds kopf's per-request retry ERRORs (its watch streams and peering keep-alives during an
+    outage) into the outage's one WARNING; kopf's own escalation, when its retries run out,
+    still logs as kopf wrote it."""
+
+    def __init__(self, outage: ApiOutage) -> None:
+        super().__init__()
+        self.outage = outage
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(KOPF_RETRY_PREFIX) and "will retry" in message:
+            self.outage.failed("kopf", message.split(" -> ", 1)[-1], time.monotonic())
+            return False
+        return True
+
+
+def _brief(error: BaseException | str) -> str:
+    if isinstance(error, ApiException):
+        return f"HTTP {error.status} {error.reason}"
+    return str(error) or type(error).__name__

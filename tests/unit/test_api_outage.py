@@ -1,0 +1,65 @@
+"""Which API failures are an outage, and one WARNING per outage with an INFO when it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+import pytest
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from embedfleet_operator.api_outage import ApiOutage, KopfRetryFilter, is_transient
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (aiohttp.ClientConnectionError("refused"), True),
+        (aiohttp.ServerDisconnectedError(), True),
+        (asyncio.TimeoutError(), True),
+        (ConnectionResetError(104, "reset"), True),
+        (ApiException(status=503, reason="Service Unavailable"), True),
+        (ApiException(status=500, reason="etcd not ready"), True),
+        (ApiException(status=429, reason="Too Many Requests"), True),
+        (ApiException(status=409, reason="Conflict"), True),
+        (ApiException(status=422, reason="Unprocessable Entity"), False),
+        (ApiException(status=403, reason="Forbidden"), False),
+        (ApiException(status=404, reason="Not Found"), False),
+        (ValueError("a bug"), False),
+    ],
+)
+def test_is_transient(error: BaseException, transient: bool) -> None:
+    assert is_transient(error) is transient
+
+
+def test_one_warning_per_outage_and_an_info_when_it_ends(caplog: pytest.LogCaptureFixture) -> None:
+    outage = ApiOutage()
+    with caplog.at_level(logging.INFO, logger="embedfleet.operator"):
+        outage.succeeded(now=0.0)  # no outage: says nothing
+        outage.failed("autoscaling", ApiException(status=503, reason="Unavailable"), now=10.0)
+        outage.failed("resync", aiohttp.ClientConnectionError("refused"), now=11.0)
+        outage.failed("autoscaling", asyncio.TimeoutError(), now=12.0)
+        outage.succeeded(now=30.5)
+        outage.succeeded(now=31.0)
+        outage.failed("resync", ConnectionResetError(104, "reset"), now=40.0)
+    records = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in records] == ["WARNING", "INFO", "WARNING"]
+    assert "autoscaling: HTTP 503 Unavailable" in records[0][1]
+    assert "reachable again after 20.5s" in records[1][1]
+
+
+def test_kopf_retry_messages_fold_into_the_outage(caplog: pytest.LogCaptureFixture) -> None:
+    outage = ApiOutage()
+    fold = KopfRetryFilter(outage)
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("kopf.objects", logging.ERROR, __file__, 1, message, None, None)
+
+    with caplog.at_level(logging.INFO, logger="embedfleet.operator"):
+        retry = record("Request attempt #3/601 failed; will retry: GET /x -> ClientError()")
+        assert fold.filter(retry) is False  # dropped: the outage's WARNING stands for it
+        assert fold.filter(record("Request attempt #601/601 failed; escalating: GET /x")) is True
+        assert fold.filter(record("Timer 'autoscale' succeeded.")) is True
+    assert outage.since is not None
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
