@@ -10,7 +10,6 @@ same single WARNING."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -30,7 +29,7 @@ def is_transient(error: BaseException) -> bool:
     """Whether `error` means the API could not answer now (retry soon) rather than refused."""
     if isinstance(error, ApiException):
         return error.status in TRANSIENT_STATUSES
-    return isinstance(error, (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError))
+    return isinstance(error, (aiohttp.ClientError, TimeoutError, ConnectionError))
 
 
 class ApiOutage:

@@ -55,7 +55,21 @@ def _obj(
     return schema
 
 
-_QUANTITY = {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}
+# A Kubernetes quantity (32Gi, 500m, 1e3; an integer too), not negative: refused at admission
+# with the field's name, where a value like "lots" used to pass the schema and fail every apply
+# of the Deployment with an HTTP 500. The pattern is apimachinery's, as kubebuilder emits it.
+_QUANTITY_PATTERN = (
+    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+_QUANTITY = {
+    "x-kubernetes-int-or-string": True,
+    "anyOf": [{"type": "integer"}, {"type": "string"}],
+    "pattern": _QUANTITY_PATTERN,  # strings only
+    "x-kubernetes-validations": [
+        {"rule": "type(self) != int || self >= 0", "message": "must not be negative"}
+    ],
+}
 _FREEFORM = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
 _STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
 

@@ -107,6 +107,10 @@ _DELETE = object()
         ("model.name", "", "spec.model.name: Invalid value"),
         ("service.type", "ExternalName", 'Unsupported value: "ExternalName"'),
         ("model.cache", {"pvc": "models", "emptyDirSizeLimit": "10Gi"}, "either pvc or emptyDir"),
+        ("resources.memory", "lots", 'spec.resources.memory: Invalid value: "lots"'),
+        ("resources.cpu", "-2", 'spec.resources.cpu: Invalid value: "-2"'),
+        ("resources.cpu", -2, "spec.resources.cpu"),
+        ("model.cache", {"emptyDirSizeLimit": "50 GB"}, "spec.model.cache.emptyDirSizeLimit"),
     ],
 )
 def test_invalid_specs_are_rejected_with_a_clear_message(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import aiohttp
@@ -17,7 +16,7 @@ from embedfleet_operator.api_outage import ApiOutage, KopfRetryFilter, is_transi
     [
         (aiohttp.ClientConnectionError("refused"), True),
         (aiohttp.ServerDisconnectedError(), True),
-        (asyncio.TimeoutError(), True),
+        (TimeoutError(), True),
         (ConnectionResetError(104, "reset"), True),
         (ApiException(status=503, reason="Service Unavailable"), True),
         (ApiException(status=500, reason="etcd not ready"), True),
@@ -39,7 +38,7 @@ def test_one_warning_per_outage_and_an_info_when_it_ends(caplog: pytest.LogCaptu
         outage.succeeded(now=0.0)  # no outage: says nothing
         outage.failed("autoscaling", ApiException(status=503, reason="Unavailable"), now=10.0)
         outage.failed("resync", aiohttp.ClientConnectionError("refused"), now=11.0)
-        outage.failed("autoscaling", asyncio.TimeoutError(), now=12.0)
+        outage.failed("autoscaling", TimeoutError(), now=12.0)
         outage.succeeded(now=30.5)
         outage.succeeded(now=31.0)
         outage.failed("resync", ConnectionResetError(104, "reset"), now=40.0)
