@@ -22,6 +22,7 @@ from embedfleet_operator.api_outage import RETRY_SECONDS, ApiOutage, KopfRetryFi
 from embedfleet_operator.autoscaler import Autoscaler, TickResult
 from embedfleet_operator.crd import GROUP, PLURAL, VERSION
 from embedfleet_operator.kube import REPLICAS_MANAGER, Kube
+from embedfleet_operator.observer import load_failures
 from embedfleet_operator.operator_metrics import OperatorMetrics
 from embedfleet_operator.resources import (
     build_deployment,
@@ -277,7 +278,17 @@ async def _reconcile(service: dict[str, Any]) -> None:
             deployment = await kube.read_deployment(namespace, name)
     selector = ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
     pods = await kube.list_pods(namespace, selector)
-    wanted_status = compute_status(service, deployment, pods, apply_error=apply_error, now=_now())
+    # Workers that run but stay unready may say why on /health (a model that cannot load).
+    ready = int(((deployment or {}).get("status") or {}).get("readyReplicas", 0) or 0)
+    wanted_replicas = int(((deployment or {}).get("spec") or {}).get("replicas", 0) or 0)
+    load_errors = (
+        await load_failures(_state["http"], pods, _settings().scrape_timeout_seconds)
+        if ready < wanted_replicas and "http" in _state
+        else {}
+    )
+    wanted_status = compute_status(
+        service, deployment, pods, apply_error=apply_error, now=_now(), load_errors=load_errors
+    )
     current_status = service.get("status", {}) or {}
     changes = status_changes(current_status, wanted_status)
     if changes:
@@ -286,13 +297,18 @@ async def _reconcile(service: dict[str, Any]) -> None:
 
 
 def _announce(service: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> None:
-    """A Kubernetes Event when readiness flips, so `kubectl describe` tells the story."""
+    """A Kubernetes Event when readiness or degradation flips, so `kubectl describe` and
+    `kubectl get events` tell the story (why workers fail, and when they recover)."""
     old = {c["type"]: c["status"] for c in before.get("conditions", []) or []}
+    healthy = {"Ready": "True", "Degraded": "False"}
+    # A first Ready is news either way; a first Degraded only when it is True.
+    unset = {"Ready": None, "Degraded": "False"}
     for condition in after["conditions"]:
-        if condition["type"] == "Ready" and old.get("Ready") != condition["status"]:
+        kind = condition["type"]
+        if kind in healthy and old.get(kind, unset[kind]) != condition["status"]:
             kopf.event(
                 cast(Any, service),
-                type="Normal" if condition["status"] == "True" else "Warning",
+                type="Normal" if condition["status"] == healthy[kind] else "Warning",
                 reason=condition["reason"],
-                message=condition["message"],
+                message=condition["message"] or f"{kind} is {condition['status']}",
             )

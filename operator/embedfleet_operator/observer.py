@@ -123,3 +123,29 @@ class Observer:
         for uid in [u for u in self._samples if u not in live]:
             del self._samples[uid]  # gone or not ready: a comeback starts a fresh rate
         return Scrape(tuple(pods), tuple(failures))
+
+
+async def load_failures(
+    http: httpx.AsyncClient, pods: Sequence[Manifest], timeout_seconds: float,
+    port_name: str = "http",
+) -> dict[str, str]:  # fmt: skip
+    """Pod name -> the error of a worker that runs but could not load its model: its /health
+    answers 503 with it while the pod stays unready (the worker stays up to say why)."""
+    targets = []
+    for pod in pods:
+        ip, port = (pod.get("status") or {}).get("podIP"), _pod_port(pod, port_name)
+        running = (pod.get("status") or {}).get("phase") == "Running"
+        if ip and port is not None and running and not _pod_is_ready(pod):
+            targets.append((pod["metadata"]["name"], _url(ip, port).replace("/metrics", "/health")))
+
+    async def probe(url: str) -> str | None:
+        try:
+            response = await http.get(url, timeout=timeout_seconds)
+            body = response.json() if response.status_code == 503 else {}
+        except (httpx.HTTPError, ValueError):
+            return None  # still starting, or not our worker's answer: nothing to report
+        error = body.get("error") if isinstance(body, dict) else None
+        return str(error) if body.get("status") == "failed" and error else None
+
+    found = await asyncio.gather(*(probe(url) for _, url in targets))
+    return {name: error for (name, _), error in zip(targets, found, strict=True) if error}

@@ -4,6 +4,7 @@ conditions (ScalingActive, ScalingLimited) from its decision, with `now` passed 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,12 +57,35 @@ def pod_problem(pods: list[Manifest]) -> str | None:
             waiting = (status.get("state") or {}).get("waiting")
             if waiting and waiting.get("reason") not in (None, "ContainerCreating"):
                 detail = f"{waiting['reason']} {waiting.get('message', '')}".strip()
-                return f"pod {pod['metadata']['name']}: {detail}"
+                return f"pod {pod['metadata']['name']}: {detail}{_last_exit(status)}"
     return None
 
 
+def _last_exit(container: Manifest) -> str:
+    """Why a restarting container last stopped (OOMKilled, a crash's exit code and message):
+    CrashLoopBackOff alone does not say."""
+    ended = (container.get("lastState") or {}).get("terminated")
+    if not ended:
+        return ""
+    detail = f"{ended.get('reason', 'Error')}, exit code {ended.get('exitCode', '?')}"
+    message = (ended.get("message") or "").strip()
+    return f"; last exit: {detail}" + (f": {message[-300:]}" if message else "")
+
+
+def load_problem(load_errors: Mapping[str, str]) -> str | None:
+    """A worker's own account of why it could not load its model (its /health), if any."""
+    if not load_errors:
+        return None
+    pod = min(load_errors)
+    return f"pod {pod} cannot load the model: {load_errors[pod]}"
+
+
 def compute_conditions(
-    deployment: Manifest | None, pods: list[Manifest], *, apply_error: str | None
+    deployment: Manifest | None,
+    pods: list[Manifest],
+    *,
+    apply_error: str | None,
+    load_errors: Mapping[str, str] | None = None,
 ) -> list[Condition]:
     if apply_error is not None:
         return [
@@ -85,13 +109,15 @@ def compute_conditions(
         and updated >= desired
         and int(status.get("replicas", 0) or 0) == desired
     )
-    problem = pod_problem(pods) if ready < desired else None
+    model_problem = load_problem(load_errors or {}) if ready < desired else None
+    problem = model_problem or (pod_problem(pods) if ready < desired else None)
+    failing = "ModelLoadFailed" if model_problem else "WorkersFailing"
     if desired == 0:
         readiness = Condition("Ready", "False", "ScaledToZero", "no workers are running")
     elif ready >= 1:
         readiness = Condition("Ready", "True", "WorkersReady", f"{ready}/{desired} workers ready")
     else:
-        reason = "WorkersNotReady" if problem else "WorkersStarting"
+        reason = (failing if model_problem else "WorkersNotReady") if problem else "WorkersStarting"
         message = problem or f"0/{desired} workers ready; the model may still be loading"
         readiness = Condition("Ready", "False", reason, message)
     progressing = (
@@ -100,7 +126,7 @@ def compute_conditions(
         else Condition("Progressing", "True", "RollingOut", f"{updated}/{desired} workers updated")
     )
     degraded = (
-        Condition("Degraded", "True", "WorkersFailing", problem)
+        Condition("Degraded", "True", failing, problem)
         if problem
         else Condition("Degraded", "False", "AsExpected", "")
     )
@@ -114,11 +140,14 @@ def compute_status(
     *,
     apply_error: str | None,
     now: str,
+    load_errors: Mapping[str, str] | None = None,
 ) -> Manifest:
     current = service.get("status", {}) or {}
     deployment_status = (deployment or {}).get("status", {})
     generation = int(service["metadata"].get("generation", 0))
-    conditions = compute_conditions(deployment, pods, apply_error=apply_error)
+    conditions = compute_conditions(
+        deployment, pods, apply_error=apply_error, load_errors=load_errors
+    )
     return {
         "observedGeneration": generation,
         "conditions": merge_conditions(

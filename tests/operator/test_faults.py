@@ -19,6 +19,7 @@ import yaml
 from embedfleet_operator.crd import GROUP, PLURAL, VERSION
 from embedfleet_operator.operator_metrics import SCALE_DECISIONS
 from tests.cluster.controlplane import LocalCluster
+from tests.cluster.kubelet import REAL_PROCESS_ANNOTATION, LoopbackKubelet
 from tests.cluster.processes import free_loopback_port, wait_until
 from tests.operator.operator_process import OperatorProcess, create_peering, install_crds
 
@@ -138,3 +139,53 @@ def test_the_operator_ticks_within_seconds_of_an_apiserver_outage(
         assert any("reachable again" in r["message"] for r in records), by_severity
     finally:
         assert operator.stop() == 0
+
+
+def test_a_model_that_cannot_load_shows_in_status_and_an_event(
+    cluster: LocalCluster, namespace: str, tmp_path: Path
+) -> None:
+    """A real worker whose model cannot load stays up and unready, and says why on /health:
+    status names that error within one resync (it used to say "the model may still be
+    loading" for the whole 30-minute startup budget), and a Warning event says it too."""
+    install_crds(cluster)
+    create_peering(cluster, namespace)
+    custom = kubernetes.client.CustomObjectsApi(cluster.api_client())
+    core = kubernetes.client.CoreV1Api(cluster.api_client())
+    missing = str(tmp_path / "no-such-model")
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "EmbeddingService",
+        "metadata": {"name": "broken"},
+        "spec": {
+            "model": {"name": missing},
+            "resources": {"gpus": 0, "cpu": "1", "memory": "2Gi"},
+            "podAnnotations": {REAL_PROCESS_ANNOTATION: "true"},
+            "replicas": 1,
+        },
+    }  # fmt: skip
+    operator, _ = start_operator(cluster, namespace, tmp_path / "operator.log", "operator-0")
+    with LoopbackKubelet(cluster.api_client(), namespace, tmp_path / "pods"):
+        try:
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+            created = time.monotonic()
+
+            def ready() -> dict[str, Any]:
+                service = custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, "broken"
+                )
+                conditions = (service.get("status") or {}).get("conditions") or []
+                return next((c for c in conditions if c["type"] == "Ready"), {})
+
+            wait_until(lambda: ready().get("reason") == "ModelLoadFailed", 120, "ModelLoadFailed")
+            took = time.monotonic() - created
+            print(f"ModelLoadFailed {took:.1f}s after the service was created: {ready()}")
+            assert missing in ready()["message"], ready()
+
+            def warned() -> list[Any]:
+                events = core.list_namespaced_event(
+                    namespace, field_selector="involvedObject.kind=EmbeddingService"
+                ).items
+                return [e for e in events if e.type == "Warning" and e.reason == "ModelLoadFailed"]
+
+            wait_until(warned, 30, "a Warning event naming the load failure")
+        finally:
+            assert operator.stop() == 0

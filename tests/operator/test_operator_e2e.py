@@ -189,6 +189,16 @@ def test_workers_that_cannot_be_scheduled_show_why(
     assert "cannot be scheduled" in ready["message"]
     assert "nvidia.com/gpu" in ready["message"]
     assert condition(service, "Degraded")["status"] == "True"
+    core = kubernetes.client.CoreV1Api(cluster.api_client())
+
+    def warned() -> list[Any]:
+        events = core.list_namespaced_event(
+            namespace, field_selector="involvedObject.kind=EmbeddingService"
+        ).items
+        return [e for e in events if e.type == "Warning" and e.reason == "WorkersFailing"]
+
+    wait_until(warned, 30, "a Warning event for the degraded fleet")
+    assert "cannot be scheduled" in warned()[0].message
 
 
 def test_two_operators_never_both_act_and_a_killed_one_converges(

@@ -13,6 +13,7 @@ from embedfleet_operator.status import (
     autoscaling_status,
     compute_conditions,
     merge_conditions,
+    pod_problem,
     status_changes,
 )
 
@@ -70,6 +71,47 @@ def test_compute_conditions(
     }
     for kind, value in expected.items():
         assert conditions[kind] == value
+
+
+def crash_looping(last: dict[str, Any]) -> dict[str, Any]:
+    container = {"state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                 "lastState": {"terminated": last}}  # fmt: skip
+    return {"metadata": {"name": "w-3"}, "status": {"containerStatuses": [container]}}
+
+
+@pytest.mark.parametrize(
+    ("pod", "says"),
+    [
+        (UNSCHEDULABLE, "pod w-1 cannot be scheduled: " + NO_GPU),
+        (CRASHING, "pod w-2: CrashLoopBackOff"),
+        (crash_looping({"reason": "OOMKilled", "exitCode": 137}),
+         "pod w-3: CrashLoopBackOff back-off 40s; last exit: OOMKilled, exit code 137"),
+        (crash_looping({"reason": "Error", "exitCode": 1, "message": "model not found\n"}),
+         "pod w-3: CrashLoopBackOff back-off 40s; last exit: Error, exit code 1: model not found"),
+        ({"metadata": {"name": "w-4"}, "status": {"containerStatuses": [
+            {"state": {"waiting": {"reason": "ImagePullBackOff", "message": "no such image"}}}]}},
+         "pod w-4: ImagePullBackOff no such image"),
+        ({"metadata": {"name": "w-5"}, "status": {"containerStatuses": [
+            {"state": {"waiting": {"reason": "ContainerCreating"}}}]}}, None),
+    ],
+)  # fmt: skip
+def test_pod_problem_says_why(pod: dict[str, Any], says: str | None) -> None:
+    assert pod_problem([pod]) == says
+
+
+def test_a_model_that_cannot_load_is_named_with_the_workers_error() -> None:
+    error = "OSError: /models/nope is not a model folder or a hub id"
+    ready, _, degraded = compute_conditions(
+        deployment(1, 0, 1), [CRASHING], apply_error=None, load_errors={"w-9": error}
+    )
+    assert (ready.status, ready.reason, degraded.status, degraded.reason) == (
+        "False", "ModelLoadFailed", "True", "ModelLoadFailed",
+    )  # fmt: skip
+    assert ready.message == degraded.message == f"pod w-9 cannot load the model: {error}"
+    ready, _, degraded = compute_conditions(  # ready workers: a failed one is not the story
+        deployment(1, 1, 1), [], apply_error=None, load_errors={"w-9": error}
+    )
+    assert (ready.reason, degraded.status) == ("WorkersReady", "False")
 
 
 def test_unschedulable_message_names_the_cause() -> None:
