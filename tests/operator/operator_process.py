@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import kubernetes
 import yaml
@@ -16,6 +17,10 @@ from tests.cluster.controlplane import LocalCluster
 from tests.cluster.processes import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
+# The 4B sample as users apply it: kwok runs its pods (no real worker behind them).
+SAMPLE: dict[str, Any] = yaml.safe_load(
+    (REPO / "deploy/samples/qwen3-embedding-4b.yaml").read_text()
+)
 CRDS = [REPO / "deploy" / "crd" / "embeddingservices.embedfleet.dev.yaml",
         REPO / "deploy" / "crd" / "kopf-peering.yaml"]  # fmt: skip
 
@@ -37,6 +42,14 @@ def install_crds(cluster: LocalCluster) -> None:
                 )
 
             wait_until(established, 30, f"CRD {crd['metadata']['name']}")
+
+
+def service_warnings(cluster: LocalCluster, namespace: str, reason: str) -> list[Any]:
+    """The Warning events with this reason that the operator raised on EmbeddingServices."""
+    events = kubernetes.client.CoreV1Api(cluster.api_client()).list_namespaced_event(
+        namespace, field_selector="involvedObject.kind=EmbeddingService"
+    )
+    return [e for e in events.items if e.type == "Warning" and e.reason == reason]
 
 
 def create_peering(cluster: LocalCluster, namespace: str, name: str = "embedfleet") -> None:

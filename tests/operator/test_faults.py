@@ -14,21 +14,22 @@ from typing import Any
 import httpx
 import kubernetes
 import pytest
-import yaml
 
 from embedfleet_operator.crd import GROUP, PLURAL, VERSION
 from embedfleet_operator.operator_metrics import SCALE_DECISIONS
 from tests.cluster.controlplane import LocalCluster
 from tests.cluster.kubelet import REAL_PROCESS_ANNOTATION, LoopbackKubelet
 from tests.cluster.processes import free_loopback_port, wait_until
-from tests.operator.operator_process import OperatorProcess, create_peering, install_crds
+from tests.operator.operator_process import (
+    SAMPLE,
+    OperatorProcess,
+    create_peering,
+    install_crds,
+    service_warnings,
+)
 
 pytestmark = pytest.mark.cluster
 
-REPO = Path(__file__).resolve().parents[2]
-SAMPLE: dict[str, Any] = yaml.safe_load(
-    (REPO / "deploy/samples/qwen3-embedding-4b.yaml").read_text()
-)
 TICK = 2
 RESTART_FIRST_TICK_S = 10.0  # the target: first tick after the process starts
 OUTAGE_S = 20.0
@@ -150,7 +151,6 @@ def test_a_model_that_cannot_load_shows_in_status_and_an_event(
     install_crds(cluster)
     create_peering(cluster, namespace)
     custom = kubernetes.client.CustomObjectsApi(cluster.api_client())
-    core = kubernetes.client.CoreV1Api(cluster.api_client())
     missing = str(tmp_path / "no-such-model")
     body = {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "EmbeddingService",
@@ -180,12 +180,9 @@ def test_a_model_that_cannot_load_shows_in_status_and_an_event(
             print(f"ModelLoadFailed {took:.1f}s after the service was created: {ready()}")
             assert missing in ready()["message"], ready()
 
-            def warned() -> list[Any]:
-                events = core.list_namespaced_event(
-                    namespace, field_selector="involvedObject.kind=EmbeddingService"
-                ).items
-                return [e for e in events if e.type == "Warning" and e.reason == "ModelLoadFailed"]
-
-            wait_until(warned, 30, "a Warning event naming the load failure")
+            wait_until(
+                lambda: service_warnings(cluster, namespace, "ModelLoadFailed"), 30,
+                "a Warning event naming the load failure",
+            )  # fmt: skip
         finally:
             assert operator.stop() == 0

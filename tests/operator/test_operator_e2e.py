@@ -12,19 +12,19 @@ from typing import Any
 
 import kubernetes
 import pytest
-import yaml
 
 from embedfleet_operator.crd import GROUP, PLURAL, VERSION
 from tests.cluster.controlplane import LocalCluster
 from tests.cluster.processes import wait_until
-from tests.operator.operator_process import OperatorProcess, create_peering, install_crds
+from tests.operator.operator_process import (
+    SAMPLE,
+    OperatorProcess,
+    create_peering,
+    install_crds,
+    service_warnings,
+)
 
 pytestmark = pytest.mark.cluster
-
-REPO = Path(__file__).resolve().parents[2]
-SAMPLE: dict[str, Any] = yaml.safe_load(
-    (REPO / "deploy/samples/qwen3-embedding-4b.yaml").read_text()
-)
 
 
 @pytest.fixture
@@ -189,13 +189,9 @@ def test_workers_that_cannot_be_scheduled_show_why(
     assert "cannot be scheduled" in ready["message"]
     assert "nvidia.com/gpu" in ready["message"]
     assert condition(service, "Degraded")["status"] == "True"
-    core = kubernetes.client.CoreV1Api(cluster.api_client())
 
     def warned() -> list[Any]:
-        events = core.list_namespaced_event(
-            namespace, field_selector="involvedObject.kind=EmbeddingService"
-        ).items
-        return [e for e in events if e.type == "Warning" and e.reason == "WorkersFailing"]
+        return service_warnings(cluster, namespace, "WorkersFailing")
 
     wait_until(warned, 30, "a Warning event for the degraded fleet")
     assert "cannot be scheduled" in warned()[0].message
