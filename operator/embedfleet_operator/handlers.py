@@ -40,8 +40,8 @@ _state: dict[str, Any] = {}
 # status (conditions especially) from a copy the other has just made stale.
 _locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
 _outage = ApiOutage()
-# A timer retrying through an outage gives up after this long and runs again at its next
-# interval (kopf would otherwise run nothing else for that resource meanwhile).
+# A handler retrying through an outage gives up after this long; its timer runs again at the
+# next interval (kopf runs nothing else for that resource while a handler runs).
 _RETRY_FOR_SECONDS = 60.0
 
 
@@ -141,16 +141,20 @@ async def resync(body: kopf.Body, **_: Any) -> None:
 
 
 async def _retrying(attempt: Callable[[], Awaitable[None]], what: str) -> None:
-    """Runs a timer's work, retrying it every RETRY_SECONDS while the API is unreachable (one
-    WARNING per outage, an INFO when it ends) instead of raising into kopf's 60 s backoff."""
+    """Runs a handler's work, retrying it every RETRY_SECONDS while the API is unreachable (one
+    WARNING per outage, an INFO when it ends) instead of raising into kopf's 60 s backoff and
+    its traceback. Past _RETRY_FOR_SECONDS it gives up quietly: the next tick or resync picks
+    the work up, still inside the same outage."""
     deadline = time.monotonic() + _RETRY_FOR_SECONDS
     while True:
         try:
             await attempt()
         except Exception as error:
-            if not is_transient(error) or time.monotonic() >= deadline:
+            if not is_transient(error):
                 raise
             _outage.failed(what, error, time.monotonic())
+            if time.monotonic() >= deadline:
+                return
             await asyncio.sleep(RETRY_SECONDS)
             continue
         _outage.succeeded(time.monotonic())

@@ -41,11 +41,15 @@ def test_one_warning_per_outage_and_an_info_when_it_ends(caplog: pytest.LogCaptu
         outage.failed("autoscaling", TimeoutError(), now=12.0)
         outage.succeeded(now=30.5)
         outage.succeeded(now=31.0)
-        outage.failed("resync", ConnectionResetError(104, "reset"), now=40.0)
+        # a restarted apiserver throttles for a moment: the same outage, no second WARNING
+        outage.failed("autoscaling", ApiException(status=429, reason="TooManyRequests"), now=32)
+        outage.succeeded(now=34.0)
+        outage.failed("resync", ConnectionResetError(104, "reset"), now=70.0)  # a new one
     records = [(r.levelname, r.getMessage()) for r in caplog.records]
-    assert [level for level, _ in records] == ["WARNING", "INFO", "WARNING"]
+    assert [level for level, _ in records] == ["WARNING", "INFO", "INFO", "WARNING"]
     assert "autoscaling: HTTP 503 Unavailable" in records[0][1]
     assert "reachable again after 20.5s" in records[1][1]
+    assert "reachable again after 24.0s" in records[2][1]
 
 
 def test_kopf_retry_messages_fold_into_the_outage(caplog: pytest.LogCaptureFixture) -> None:
