@@ -131,13 +131,11 @@ async def cleanup(**_: Any) -> None:
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 async def reconcile_on_change(body: kopf.Body, **_: Any) -> None:
-    namespace, name = body.metadata["namespace"], body.metadata["name"]
-    await _retrying(lambda: reconcile(namespace, name, body.metadata.uid or ""), "reconcile")
+    await reconcile(body.metadata["namespace"], body.metadata["name"], body.metadata.uid or "")
 
 
 async def resync(body: kopf.Body, **_: Any) -> None:
-    namespace, name = body.metadata["namespace"], body.metadata["name"]
-    await _retrying(lambda: reconcile(namespace, name, body.metadata.uid or ""), "resync")
+    await reconcile(body.metadata["namespace"], body.metadata["name"], body.metadata.uid or "")
 
 
 async def _retrying(attempt: Callable[[], Awaitable[None]], what: str) -> None:
@@ -229,25 +227,29 @@ async def deployment_changed(body: kopf.Body, type: str | None, **_: Any) -> Non
     )
     if owner is None or type is None:
         return
-    namespace = body.metadata["namespace"]
-    await _retrying(lambda: reconcile(namespace, owner["name"], owner["uid"]), "reconcile")
+    await reconcile(body.metadata["namespace"], owner["name"], owner["uid"])
 
 
 async def reconcile(namespace: str, name: str, uid: str) -> None:
     """One pass on the service as it is now (read under the service's lock: an event's copy
-    may already be stale)."""
+    may already be stale), retried through an API outage. Every handler that reconciles
+    (create, update, resume, resync, a Deployment event) comes through here."""
     if "kube" not in _state:
         return  # a timer firing while the operator starts or stops: the next pass does it
-    async with _locks[uid or name]:
-        try:
-            service = await _kube().read_service(namespace, name)
-            if service is None or service["metadata"].get("deletionTimestamp"):
-                return  # gone or being deleted: the garbage collector removes what it owned
-            await _reconcile(service)
-        except ApiException as error:
-            if error.status == 404:
-                return  # deleted while we worked: nothing left to reconcile
-            raise
+
+    async def attempt() -> None:
+        async with _locks[uid or name]:
+            try:
+                service = await _kube().read_service(namespace, name)
+                if service is None or service["metadata"].get("deletionTimestamp"):
+                    return  # gone or being deleted: the garbage collector removes what it owned
+                await _reconcile(service)
+            except ApiException as error:
+                if error.status == 404:
+                    return  # deleted while we worked: nothing left to reconcile
+                raise
+
+    await _retrying(attempt, "reconcile")
 
 
 async def _reconcile(service: dict[str, Any]) -> None:
@@ -283,13 +285,7 @@ async def _reconcile(service: dict[str, Any]) -> None:
     selector = ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
     pods = await kube.list_pods(namespace, selector)
     # Workers that run but stay unready may say why on /health (a model that cannot load).
-    ready = int(((deployment or {}).get("status") or {}).get("readyReplicas", 0) or 0)
-    wanted_replicas = int(((deployment or {}).get("spec") or {}).get("replicas", 0) or 0)
-    load_errors = (
-        await load_failures(_state["http"], pods, _settings().scrape_timeout_seconds)
-        if ready < wanted_replicas and "http" in _state
-        else {}
-    )
+    load_errors = await load_failures(_state["http"], pods, _settings().scrape_timeout_seconds)
     wanted_status = compute_status(
         service, deployment, pods, apply_error=apply_error, now=_now(), load_errors=load_errors
     )
