@@ -48,9 +48,9 @@ def _pod_port(pod: Manifest, port_name: str) -> int | None:
     return None
 
 
-def _url(address: str, port: int) -> str:
+def _url(address: str, port: int, path: str = "/metrics") -> str:
     host = address if ":" not in address else f"[{address}]"
-    return f"http://{host}:{port}/metrics"
+    return f"http://{host}:{port}{path}"
 
 
 def ready_targets(
@@ -136,7 +136,7 @@ async def load_failures(
         ip, port = (pod.get("status") or {}).get("podIP"), _pod_port(pod, port_name)
         running = (pod.get("status") or {}).get("phase") == "Running"
         if ip and port is not None and running and not _pod_is_ready(pod):
-            targets.append((pod["metadata"]["name"], _url(ip, port).replace("/metrics", "/health")))
+            targets.append((pod["metadata"]["name"], _url(ip, port, "/health")))
 
     async def probe(url: str) -> str | None:
         try:
@@ -144,8 +144,9 @@ async def load_failures(
             body = response.json() if response.status_code == 503 else {}
         except (httpx.HTTPError, ValueError):
             return None  # still starting, or not our worker's answer: nothing to report
-        error = body.get("error") if isinstance(body, dict) else None
-        return str(error) if body.get("status") == "failed" and error else None
+        if not isinstance(body, dict) or body.get("status") != "failed" or not body.get("error"):
+            return None
+        return str(body["error"])
 
     found = await asyncio.gather(*(probe(url) for _, url in targets))
     return {name: error for (name, _), error in zip(targets, found, strict=True) if error}

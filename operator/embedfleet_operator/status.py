@@ -109,22 +109,26 @@ def compute_conditions(
         and updated >= desired
         and int(status.get("replicas", 0) or 0) == desired
     )
-    model_problem = load_problem(load_errors or {}) if ready < desired else None
-    problem = model_problem or (pod_problem(pods) if ready < desired else None)
-    failing = "ModelLoadFailed" if model_problem else "WorkersFailing"
+    unready = ready < desired
+    model_problem = load_problem(load_errors or {}) if unready else None
+    problem = model_problem or (pod_problem(pods) if unready else None)
     if desired == 0:
         readiness = Condition("Ready", "False", "ScaledToZero", "no workers are running")
     elif ready >= 1:
         readiness = Condition("Ready", "True", "WorkersReady", f"{ready}/{desired} workers ready")
+    elif model_problem:
+        readiness = Condition("Ready", "False", "ModelLoadFailed", model_problem)
+    elif problem:
+        readiness = Condition("Ready", "False", "WorkersNotReady", problem)
     else:
-        reason = (failing if model_problem else "WorkersNotReady") if problem else "WorkersStarting"
-        message = problem or f"0/{desired} workers ready; the model may still be loading"
-        readiness = Condition("Ready", "False", reason, message)
+        waiting = f"0/{desired} workers ready; the model may still be loading"
+        readiness = Condition("Ready", "False", "WorkersStarting", waiting)
     progressing = (
         Condition("Progressing", "False", "RolledOut", "all workers run the current spec")
         if rolled_out
         else Condition("Progressing", "True", "RollingOut", f"{updated}/{desired} workers updated")
     )
+    failing = "ModelLoadFailed" if model_problem else "WorkersFailing"
     degraded = (
         Condition("Degraded", "True", failing, problem)
         if problem

@@ -1,16 +1,19 @@
 """The observer's pure parts: the worker's real Prometheus output parsed into a sample, rates
-between two samples with counter resets, and ready targets read off EndpointSlices."""
+between two samples with counter resets, ready targets read off EndpointSlices, and the
+load errors of unready workers (over a mock HTTP transport: the network, not our code)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client import generate_latest
 
 from embedfleet_operator import operator_metrics
-from embedfleet_operator.observer import ready_targets
+from embedfleet_operator.observer import load_failures, ready_targets
 from embedfleet_operator.scrape import (
     MetricsFormatError,
     WorkerSample,
@@ -143,3 +146,41 @@ def test_ready_pods_the_slices_do_not_list_are_added() -> None:
         ("w-a", "http://127.64.0.7:8000/metrics"),
         ("w-b", "http://127.64.0.2:8000/metrics"),
     ]
+
+
+def test_load_failures_reads_only_a_failed_workers_own_error() -> None:
+    """Running, unready pods are asked on /health; only a 503 that says `failed` with an error
+    counts (a loading worker, a ready pod, a stranger's answer or no answer do not)."""
+    answers = {
+        "127.0.0.1": (503, {"status": "failed", "error": "OSError: no model at /m"}),
+        "127.0.0.2": (503, {"status": "loading"}),
+        "127.0.0.3": (503, ["not", "ours"]),
+        "127.0.0.4": (200, {"status": "alive"}),
+    }
+    asked: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url))
+        if request.url.host not in answers:
+            raise httpx.ConnectError("refused", request=request)
+        status, body = answers[request.url.host]
+        return httpx.Response(status, json=body)
+
+    def pod(name: str, ip: str, *, ready: bool = False, phase: str = "Running") -> dict[str, Any]:
+        return {
+            "metadata": {"name": name},
+            "spec": {"containers": [{"ports": [{"name": "http", "containerPort": 8000}]}]},
+            "status": {"podIP": ip, "phase": phase,
+                       "conditions": [{"type": "Ready", "status": str(ready)}]},
+        }  # fmt: skip
+
+    names = ["failed", "loading", "stranger", "alive", "gone"]
+    pods = [pod(name, f"127.0.0.{i}") for i, name in enumerate(names, start=1)]
+    pods += [pod("ready", "127.0.0.6", ready=True), pod("pending", "127.0.0.7", phase="Pending")]
+
+    async def run() -> dict[str, str]:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+            return await load_failures(http, pods, timeout_seconds=1)
+
+    assert asyncio.run(run()) == {"failed": "OSError: no model at /m"}
+    assert sorted(asked) == [f"http://127.0.0.{i}:8000/health" for i in range(1, 6)]
