@@ -310,10 +310,12 @@ def _columns() -> list[Schema]:
     def column(name: str, type_: str, path: str, **extra: Any) -> Schema:
         return {"name": name, "type": type_, "jsonPath": path, **extra}
 
-    ready = '.status.conditions[?(@.type=="Ready")].status'
+    ready = '.status.conditions[?(@.type=="Ready")]'
     return [
         column("Model", "string", ".spec.model.name"),
-        column("Ready", "string", ready),
+        column("Ready", "string", ready + ".status"),
+        # Why not ready, in one word (ImagePullBackOff, OOMKilled, ModelLoadFailed, ...).
+        column("Reason", "string", ready + ".reason"),
         column("Replicas", "integer", ".status.replicas"),
         column("Desired", "integer", ".status.desiredReplicas"),
         column("Util%", "number", ".status.metrics.utilizationPercent"),

@@ -46,18 +46,28 @@ def merge_conditions(
     return merged
 
 
-def pod_problem(pods: list[Manifest]) -> str | None:
-    """A reason a user understands why workers are not ready, read off the pods."""
+@dataclass(frozen=True)
+class PodProblem:
+    reason: str  # the kubelet's own word where it has one: Unschedulable, ImagePullBackOff, ...
+    message: str
+
+
+def pod_problem(pods: list[Manifest]) -> PodProblem | None:
+    """Why workers are not ready, read off the pods, in the words `kubectl describe pod` uses."""
     for pod in pods:
+        name = pod["metadata"]["name"]
         for condition in pod.get("status", {}).get("conditions", []) or []:
             if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
                 reason = condition.get("message", "")
-                return f"pod {pod['metadata']['name']} cannot be scheduled: {reason}"
+                return PodProblem("Unschedulable", f"pod {name} cannot be scheduled: {reason}")
         for status in pod.get("status", {}).get("containerStatuses", []) or []:
             waiting = (status.get("state") or {}).get("waiting")
             if waiting and waiting.get("reason") not in (None, "ContainerCreating"):
                 detail = f"{waiting['reason']} {waiting.get('message', '')}".strip()
-                return f"pod {pod['metadata']['name']}: {detail}{_last_exit(status)}"
+                ended = (status.get("lastState") or {}).get("terminated") or {}
+                # A crash loop of OOM kills is a memory limit to raise, not a crash to debug.
+                reason = "OOMKilled" if ended.get("reason") == "OOMKilled" else waiting["reason"]
+                return PodProblem(reason, f"pod {name}: {detail}{_last_exit(status)}")
     return None
 
 
@@ -72,12 +82,12 @@ def _last_exit(container: Manifest) -> str:
     return f"; last exit: {detail}" + (f": {message[-300:]}" if message else "")
 
 
-def load_problem(load_errors: Mapping[str, str]) -> str | None:
+def load_problem(load_errors: Mapping[str, str]) -> PodProblem | None:
     """A worker's own account of why it could not load its model (its /health), if any."""
     if not load_errors:
         return None
     pod = min(load_errors)
-    return f"pod {pod} cannot load the model: {load_errors[pod]}"
+    return PodProblem("ModelLoadFailed", f"pod {pod} cannot load the model: {load_errors[pod]}")
 
 
 def compute_conditions(
@@ -110,16 +120,14 @@ def compute_conditions(
         and int(status.get("replicas", 0) or 0) == desired
     )
     unready = ready < desired
-    model_problem = load_problem(load_errors or {}) if unready else None
-    problem = model_problem or (pod_problem(pods) if unready else None)
+    # The worker's own account first: it knows why its model did not load.
+    problem = (load_problem(load_errors or {}) or pod_problem(pods)) if unready else None
     if desired == 0:
         readiness = Condition("Ready", "False", "ScaledToZero", "no workers are running")
     elif ready >= 1:
         readiness = Condition("Ready", "True", "WorkersReady", f"{ready}/{desired} workers ready")
-    elif model_problem:
-        readiness = Condition("Ready", "False", "ModelLoadFailed", model_problem)
     elif problem:
-        readiness = Condition("Ready", "False", "WorkersNotReady", problem)
+        readiness = Condition("Ready", "False", problem.reason, problem.message)
     else:
         waiting = f"0/{desired} workers ready; the model may still be loading"
         readiness = Condition("Ready", "False", "WorkersStarting", waiting)
@@ -128,9 +136,8 @@ def compute_conditions(
         if rolled_out
         else Condition("Progressing", "True", "RollingOut", f"{updated}/{desired} workers updated")
     )
-    failing = "ModelLoadFailed" if model_problem else "WorkersFailing"
     degraded = (
-        Condition("Degraded", "True", failing, problem)
+        Condition("Degraded", "True", problem.reason, problem.message)
         if problem
         else Condition("Degraded", "False", "AsExpected", "")
     )

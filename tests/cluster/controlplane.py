@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import ssl
+import subprocess
 import tempfile
 import urllib.error
 import urllib.request
@@ -205,6 +206,15 @@ class LocalCluster:
                 config_file=str(self.admin_kubeconfig)
             )
         return self._admin_client
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> str:
+        """kubectl as the admin, as a user types it; its stdout, or an AssertionError."""
+        command = [str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.admin_kubeconfig)]
+        result = subprocess.run(
+            [*command, *args], input=stdin, capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, f"kubectl {args}: {result.stderr}"
+        return result.stdout
 
     def service_account_kubeconfig(self, namespace: str, name: str, *, hours: int = 2) -> Path:
         """A kubeconfig authenticating as ServiceAccount `namespace/name` with a bound token

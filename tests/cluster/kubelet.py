@@ -72,12 +72,16 @@ class LoopbackKubelet:
         *,
         extra_env: dict[str, str] | None = None,
         prepare_volume: Callable[[str, Path], None] | None = None,
+        missing_images: frozenset[str] = frozenset(),
     ) -> None:
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.namespace = namespace
         self.workdir = workdir
         self.extra_env = extra_env or {}
         self.prepare_volume = prepare_volume  # (volume name, host folder): seed a volume
+        # Images no registry has: their pods stay in ImagePullBackOff, as with a real kubelet.
+        self.missing_images = missing_images
+        self.refused: set[str] = set()  # uids of pods whose image pull was refused
         self.pods: dict[str, RunningPod] = {}  # by uid
         self.finished: list[RunningPod] = []
         self.errors: list[str] = []
@@ -146,7 +150,10 @@ class LoopbackKubelet:
             with self._lock:
                 known = self.pods.get(uid)
             if known is None:
-                if pod.status.phase == "Running" and pod.status.pod_ip:
+                image = pod.spec.containers[0].image
+                if image in self.missing_images:
+                    self._refuse_pull(pod, image)
+                elif pod.status.phase == "Running" and pod.status.pod_ip:
                     self._start(self._describe(pod))
                 continue
             self._supervise(known)
@@ -265,6 +272,39 @@ class LoopbackKubelet:
                 raise
         pod.ready = ready
         pod.history.append(f"ready={ready}")
+
+    def _refuse_pull(self, pod: Any, image: str) -> None:
+        """What a kubelet reports for an image no registry has: the pod stays Pending, its
+        container waiting in ImagePullBackOff. Written again if kwok's stage raced it: the
+        stage leaves such pods alone only once it sees the refusal."""
+        statuses = pod.status.container_statuses or []
+        waiting = statuses[0].state.waiting if statuses and statuses[0].state else None
+        if waiting is not None and waiting.reason == "ImagePullBackOff":
+            return
+        now = _now()
+        failure = (
+            f'Back-off pulling image "{image}": ErrImagePull: failed to pull and unpack image '
+            f'"{image}": failed to resolve reference "{image}": not found'
+        )
+        body = {
+            "status": {
+                "phase": "Pending",
+                "conditions": [
+                    {"type": "Ready", "status": "False", "lastTransitionTime": now},
+                    {"type": "ContainersReady", "status": "False", "lastTransitionTime": now},
+                ],
+                "containerStatuses": [
+                    {"name": pod.spec.containers[0].name, "ready": False, "restartCount": 0,
+                     "started": False, "image": image, "imageID": "",
+                     "state": {"waiting": {"reason": "ImagePullBackOff", "message": failure}}}
+                ],
+            }
+        }  # fmt: skip
+        self.core.patch_namespaced_pod_status(
+            pod.metadata.name, self.namespace, body,
+            _content_type="application/strategic-merge-patch+json",
+        )  # fmt: skip
+        self.refused.add(pod.metadata.uid)
 
     def _terminate(self, pod: RunningPod) -> None:
         process = pod.process

@@ -34,6 +34,7 @@ TICK = 2
 RESTART_FIRST_TICK_S = 10.0  # the issue's target: first tick after the process starts
 OUTAGE_S = 20.0
 RESUME_FIRST_TICK_S = 5.0  # the issue's target: first tick after the apiserver is healthy
+RESYNC_S = 30.0  # the operator's default resync: a failure shows in status within one
 
 
 @pytest.fixture
@@ -142,6 +143,27 @@ def test_the_operator_ticks_within_seconds_of_an_apiserver_outage(
         assert operator.stop() == 0
 
 
+def real_worker_service(name: str, **spec: Any) -> dict[str, Any]:
+    """A one-replica CPU service whose pod the loopback kubelet runs as a real worker."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "EmbeddingService",
+        "metadata": {"name": name},
+        "spec": {
+            "resources": {"gpus": 0, "cpu": "1", "memory": "2Gi"},
+            "podAnnotations": {REAL_PROCESS_ANNOTATION: "true"},
+            "replicas": 1,
+            **spec,
+        },
+    }  # fmt: skip
+
+
+def ready_condition(cluster: LocalCluster, namespace: str, name: str) -> dict[str, Any]:
+    custom = kubernetes.client.CustomObjectsApi(cluster.api_client())
+    service = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    conditions = (service.get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == "Ready"), {})
+
+
 def test_a_model_that_cannot_load_shows_in_status_and_an_event(
     cluster: LocalCluster, namespace: str, tmp_path: Path
 ) -> None:
@@ -152,16 +174,7 @@ def test_a_model_that_cannot_load_shows_in_status_and_an_event(
     create_peering(cluster, namespace)
     custom = kubernetes.client.CustomObjectsApi(cluster.api_client())
     missing = str(tmp_path / "no-such-model")
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "EmbeddingService",
-        "metadata": {"name": "broken"},
-        "spec": {
-            "model": {"name": missing},
-            "resources": {"gpus": 0, "cpu": "1", "memory": "2Gi"},
-            "podAnnotations": {REAL_PROCESS_ANNOTATION: "true"},
-            "replicas": 1,
-        },
-    }  # fmt: skip
+    body = real_worker_service("broken", model={"name": missing})
     operator, _ = start_operator(cluster, namespace, tmp_path / "operator.log", "operator-0")
     with LoopbackKubelet(cluster.api_client(), namespace, tmp_path / "pods"):
         try:
@@ -169,11 +182,7 @@ def test_a_model_that_cannot_load_shows_in_status_and_an_event(
             created = time.monotonic()
 
             def ready() -> dict[str, Any]:
-                service = custom.get_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, "broken"
-                )
-                conditions = (service.get("status") or {}).get("conditions") or []
-                return next((c for c in conditions if c["type"] == "Ready"), {})
+                return ready_condition(cluster, namespace, "broken")
 
             wait_until(lambda: ready().get("reason") == "ModelLoadFailed", 120, "ModelLoadFailed")
             took = time.monotonic() - created
@@ -183,6 +192,51 @@ def test_a_model_that_cannot_load_shows_in_status_and_an_event(
             wait_until(
                 lambda: service_warnings(cluster, namespace, "ModelLoadFailed"), 30,
                 "a Warning event naming the load failure",
+            )  # fmt: skip
+        finally:
+            assert operator.stop() == 0
+
+
+def test_an_image_that_cannot_be_pulled_shows_in_kubectl_get(
+    cluster: LocalCluster, namespace: str, tmp_path: Path
+) -> None:
+    """The first thing a new user on a real cluster meets when the image is not in their
+    registry: the kubelet's ImagePullBackOff. `kubectl get embsvc` names it within one resync,
+    with the kubelet's message in the condition and a Warning event."""
+    install_crds(cluster)
+    create_peering(cluster, namespace)
+    custom = kubernetes.client.CustomObjectsApi(cluster.api_client())
+    image = "registry.invalid/embedfleet/worker:no-such-tag"
+    body = real_worker_service("unpulled", model={"name": "unused"}, image=image)
+    operator, _ = start_operator(cluster, namespace, tmp_path / "operator.log", "operator-0")
+    kubelet = LoopbackKubelet(
+        cluster.api_client(), namespace, tmp_path / "pods", missing_images=frozenset({image})
+    )
+    with kubelet:
+        try:
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+            created = time.monotonic()
+            wait_until(lambda: kubelet.refused, 60, "the kubelet refusing the image")
+            refused = time.monotonic()
+
+            def shown() -> bool:
+                listed = cluster.kubectl("get", "embsvc", "unpulled", "-n", namespace)
+                return "ImagePullBackOff" in listed
+
+            wait_until(shown, 2 * RESYNC_S, "ImagePullBackOff in kubectl get embsvc")
+            took = time.monotonic() - refused
+            listed = cluster.kubectl("get", "embsvc", "unpulled", "-n", namespace)
+            print(f"{listed}shown {took:.1f}s after the pull was refused "
+                  f"({refused - created:.1f}s after create)")  # fmt: skip
+            assert took <= RESYNC_S + TICK, (
+                f"ImagePullBackOff in status {took:.1f}s after the refusal, "
+                f"target one resync ({RESYNC_S:g}s)"
+            )
+            assert image in ready_condition(cluster, namespace, "unpulled")["message"]
+            assert not kubelet.running(), "no process runs for an image that was not pulled"
+            wait_until(
+                lambda: service_warnings(cluster, namespace, "ImagePullBackOff"), 30,
+                "a Warning event naming the pull failure",
             )  # fmt: skip
         finally:
             assert operator.stop() == 0

@@ -52,12 +52,7 @@ def helm(cluster: LocalCluster | None, *args: str, check: bool = True) -> str:
 
 
 def kubectl(cluster: LocalCluster, *args: str, stdin: str | None = None) -> str:
-    command = [str(cluster.bin_dir / "kubectl"), "--kubeconfig", str(cluster.admin_kubeconfig)]
-    result = subprocess.run(
-        [*command, *args], input=stdin, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, f"kubectl {args}: {result.stderr}"
-    return result.stdout
+    return cluster.kubectl(*args, stdin=stdin)
 
 
 # ----------------------------------------------------------------------- chart, no cluster

@@ -180,7 +180,7 @@ def test_workers_that_cannot_be_scheduled_show_why(
 
     def explained() -> bool:
         ready = condition(read(custom, namespace), "Ready")
-        return ready.get("reason") == "WorkersNotReady"
+        return ready.get("reason") == "Unschedulable"
 
     wait_until(explained, 90, "Ready=False with the scheduling reason")
     service = read(custom, namespace)
@@ -191,7 +191,7 @@ def test_workers_that_cannot_be_scheduled_show_why(
     assert condition(service, "Degraded")["status"] == "True"
 
     def warned() -> list[Any]:
-        return service_warnings(cluster, namespace, "WorkersFailing")
+        return service_warnings(cluster, namespace, "Unschedulable")
 
     wait_until(warned, 30, "a Warning event for the degraded fleet")
     assert "cannot be scheduled" in warned()[0].message

@@ -42,6 +42,18 @@ CRASHING = {
 }
 
 
+def crash_looping(last: dict[str, Any]) -> dict[str, Any]:
+    container = {"state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                 "lastState": {"terminated": last}}  # fmt: skip
+    return {"metadata": {"name": "w-3"}, "status": {"containerStatuses": [container]}}
+
+
+def pull_refused(name: str) -> dict[str, Any]:
+    waiting = {"reason": "ImagePullBackOff", "message": "no such image"}
+    container = {"state": {"waiting": waiting}}
+    return {"metadata": {"name": name}, "status": {"containerStatuses": [container]}}
+
+
 @pytest.mark.parametrize(
     ("deploy", "pods", "error", "expected"),
     [
@@ -53,8 +65,15 @@ CRASHING = {
          {"Ready": ("True", "WorkersReady"), "Progressing": ("True", "RollingOut")}),
         (deployment(1, 0, 1), [], None, {"Ready": ("False", "WorkersStarting")}),
         (deployment(1, 0, 1), [UNSCHEDULABLE], None,
-         {"Ready": ("False", "WorkersNotReady"), "Degraded": ("True", "WorkersFailing")}),
-        (deployment(1, 0, 1), [CRASHING], None, {"Ready": ("False", "WorkersNotReady")}),
+         {"Ready": ("False", "Unschedulable"), "Degraded": ("True", "Unschedulable")}),
+        (deployment(1, 0, 1), [CRASHING], None,
+         {"Ready": ("False", "CrashLoopBackOff"), "Degraded": ("True", "CrashLoopBackOff")}),
+        (deployment(1, 0, 1), [crash_looping({"reason": "OOMKilled", "exitCode": 137})], None,
+         {"Ready": ("False", "OOMKilled"), "Degraded": ("True", "OOMKilled")}),
+        (deployment(1, 0, 1), [pull_refused("w-4")], None,
+         {"Ready": ("False", "ImagePullBackOff"), "Degraded": ("True", "ImagePullBackOff")}),
+        (deployment(2, 1, 2), [pull_refused("w-4")], None,
+         {"Ready": ("True", "WorkersReady"), "Degraded": ("True", "ImagePullBackOff")}),
         (deployment(0, 0, 0), [], None, {"Ready": ("False", "ScaledToZero")}),
         (None, [], "refused",
          {"Ready": ("False", "ReconcileFailed"), "Degraded": ("True", "InvalidSpec")}),
@@ -73,30 +92,26 @@ def test_compute_conditions(
         assert conditions[kind] == value
 
 
-def crash_looping(last: dict[str, Any]) -> dict[str, Any]:
-    container = {"state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
-                 "lastState": {"terminated": last}}  # fmt: skip
-    return {"metadata": {"name": "w-3"}, "status": {"containerStatuses": [container]}}
-
-
 @pytest.mark.parametrize(
     ("pod", "says"),
     [
-        (UNSCHEDULABLE, "pod w-1 cannot be scheduled: " + NO_GPU),
-        (CRASHING, "pod w-2: CrashLoopBackOff"),
+        (UNSCHEDULABLE, ("Unschedulable", "pod w-1 cannot be scheduled: " + NO_GPU)),
+        (CRASHING, ("CrashLoopBackOff", "pod w-2: CrashLoopBackOff")),
         (crash_looping({"reason": "OOMKilled", "exitCode": 137}),
-         "pod w-3: CrashLoopBackOff back-off 40s; last exit: OOMKilled, exit code 137"),
+         ("OOMKilled",
+          "pod w-3: CrashLoopBackOff back-off 40s; last exit: OOMKilled, exit code 137")),
         (crash_looping({"reason": "Error", "exitCode": 1, "message": "model not found\n"}),
-         "pod w-3: CrashLoopBackOff back-off 40s; last exit: Error, exit code 1: model not found"),
-        ({"metadata": {"name": "w-4"}, "status": {"containerStatuses": [
-            {"state": {"waiting": {"reason": "ImagePullBackOff", "message": "no such image"}}}]}},
-         "pod w-4: ImagePullBackOff no such image"),
+         ("CrashLoopBackOff",
+          "pod w-3: CrashLoopBackOff back-off 40s; last exit: Error, exit code 1: "
+          "model not found")),
+        (pull_refused("w-4"), ("ImagePullBackOff", "pod w-4: ImagePullBackOff no such image")),
         ({"metadata": {"name": "w-5"}, "status": {"containerStatuses": [
             {"state": {"waiting": {"reason": "ContainerCreating"}}}]}}, None),
     ],
 )  # fmt: skip
-def test_pod_problem_says_why(pod: dict[str, Any], says: str | None) -> None:
-    assert pod_problem([pod]) == says
+def test_pod_problem_says_why(pod: dict[str, Any], says: tuple[str, str] | None) -> None:
+    problem = pod_problem([pod])
+    assert (problem and (problem.reason, problem.message)) == says
 
 
 def test_a_model_that_cannot_load_is_named_with_the_workers_error() -> None:
