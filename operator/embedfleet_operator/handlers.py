@@ -24,6 +24,13 @@ from embedfleet_operator.crd import GROUP, PLURAL, VERSION
 from embedfleet_operator.kube import REPLICAS_MANAGER, Kube
 from embedfleet_operator.observer import load_failures
 from embedfleet_operator.operator_metrics import OperatorMetrics
+from embedfleet_operator.refusals import (
+    PERMANENT_RETRY_SECONDS,
+    Refusal,
+    refusal_message,
+    refused,
+    should_apply,
+)
 from embedfleet_operator.resources import (
     build_deployment,
     build_pdb,
@@ -32,7 +39,12 @@ from embedfleet_operator.resources import (
     selector_labels,
 )
 from embedfleet_operator.settings import OperatorSettings
-from embedfleet_operator.status import autoscaling_status, compute_status, status_changes
+from embedfleet_operator.status import (
+    Problem,
+    autoscaling_status,
+    compute_status,
+    status_changes,
+)
 
 log = logging.getLogger("embedfleet.operator")
 _state: dict[str, Any] = {}
@@ -40,6 +52,7 @@ _state: dict[str, Any] = {}
 # status (conditions especially) from a copy the other has just made stale.
 _locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
 _outage = ApiOutage()
+_refusals: dict[str, Refusal] = {}  # by service uid: the last refusal of its workers' objects
 # A handler retrying through an outage gives up after this long; its timer runs again at the
 # next interval (kopf runs nothing else for that resource while a handler runs).
 _RETRY_FOR_SECONDS = 60.0
@@ -165,6 +178,7 @@ async def forget(body: kopf.Body, **_: Any) -> None:
     if autoscaler is not None:
         autoscaler.forget(dict(body))
     _locks.pop(body.metadata.uid or "", None)
+    _refusals.pop(body.metadata.uid or "", None)
 
 
 async def autoscale(body: kopf.Body, **_: Any) -> None:
@@ -256,21 +270,7 @@ async def _reconcile(service: dict[str, Any]) -> None:
     kube = _kube()
     meta, spec = service["metadata"], service["spec"]
     namespace, name = meta["namespace"], meta["name"]
-    apply_error: str | None = None
-    try:
-        await kube.apply(build_deployment(service))
-        await kube.apply(build_service(service))
-        pdb = build_pdb(service)
-        if pdb is None:
-            await kube.delete_pdb(namespace, name)
-        else:
-            await kube.apply(pdb)
-    except ApiException as error:
-        if error.status in (409, 429) or error.status >= 500:
-            raise kopf.TemporaryError(f"API {error.status}; retrying", delay=5) from error
-        # A spec that passed the CRD schema but that the apiserver refuses for the owned
-        # objects: report it as Degraded instead of retrying forever.
-        apply_error = f"the apiserver refused the workers' objects: {error.reason} ({error.status})"
+    apply_error = await _apply_workers(service)
     deployment = await kube.read_deployment(namespace, name)
     if deployment is not None and apply_error is None:
         current = deployment.get("spec", {}).get("replicas")
@@ -294,6 +294,41 @@ async def _reconcile(service: dict[str, Any]) -> None:
     if changes:
         await kube.patch_status(namespace, name, changes)
         _announce(service, current_status, wanted_status)
+
+
+async def _apply_workers(service: dict[str, Any]) -> Problem | None:
+    """Applies the workers' objects unless this generation was refused for good (see
+    refusals.py); the refusal, if any, for status."""
+    kube, meta = _kube(), service["metadata"]
+    uid, generation, now = meta.get("uid", ""), int(meta.get("generation", 0)), time.monotonic()
+    refusal = _refusals.get(uid)
+    if not should_apply(refusal, generation=generation, now=now):
+        assert refusal is not None
+        return refusal.problem  # the same spec would be refused again: wait for a new one
+    try:
+        await kube.apply(build_deployment(service))
+        await kube.apply(build_service(service))
+        pdb = build_pdb(service)
+        if pdb is None:
+            await kube.delete_pdb(meta["namespace"], meta["name"])
+        else:
+            await kube.apply(pdb)
+    except ApiException as error:
+        message = refusal_message(error.status, error.reason, error.body)
+        refusal = refused(refusal, generation=generation, status=error.status, message=message,
+                          now=now)  # fmt: skip
+        if refusal is None:
+            _refusals.pop(uid, None)
+        else:
+            _refusals[uid] = refusal
+        if refusal is None or not refusal.permanent:
+            raise kopf.TemporaryError(f"{message}; retrying", delay=5) from error
+        log.warning("%s/%s generation %d: %s; not retried before the spec changes (or %gs)",
+                    meta["namespace"], meta["name"], generation, message,
+                    PERMANENT_RETRY_SECONDS)  # fmt: skip
+        return refusal.problem
+    _refusals.pop(uid, None)
+    return None
 
 
 def _announce(service: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> None:

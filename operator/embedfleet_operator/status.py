@@ -47,19 +47,22 @@ def merge_conditions(
 
 
 @dataclass(frozen=True)
-class PodProblem:
-    reason: str  # the kubelet's own word where it has one: Unschedulable, ImagePullBackOff, ...
+class Problem:
+    """Why the fleet is not as specified: a reason in one word for `kubectl get` (the
+    kubelet's own where it has one: Unschedulable, ImagePullBackOff, ...) and the message."""
+
+    reason: str
     message: str
 
 
-def pod_problem(pods: list[Manifest]) -> PodProblem | None:
+def pod_problem(pods: list[Manifest]) -> Problem | None:
     """Why workers are not ready, read off the pods, in the words `kubectl describe pod` uses."""
     for pod in pods:
         name = pod["metadata"]["name"]
         for condition in pod.get("status", {}).get("conditions", []) or []:
             if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
                 reason = condition.get("message", "")
-                return PodProblem("Unschedulable", f"pod {name} cannot be scheduled: {reason}")
+                return Problem("Unschedulable", f"pod {name} cannot be scheduled: {reason}")
         for status in pod.get("status", {}).get("containerStatuses", []) or []:
             waiting = (status.get("state") or {}).get("waiting")
             if waiting and waiting.get("reason") not in (None, "ContainerCreating"):
@@ -67,7 +70,7 @@ def pod_problem(pods: list[Manifest]) -> PodProblem | None:
                 ended = (status.get("lastState") or {}).get("terminated") or {}
                 # A crash loop of OOM kills is a memory limit to raise, not a crash to debug.
                 reason = "OOMKilled" if ended.get("reason") == "OOMKilled" else waiting["reason"]
-                return PodProblem(reason, f"pod {name}: {detail}{_last_exit(status)}")
+                return Problem(reason, f"pod {name}: {detail}{_last_exit(status)}")
     return None
 
 
@@ -82,26 +85,27 @@ def _last_exit(container: Manifest) -> str:
     return f"; last exit: {detail}" + (f": {message[-300:]}" if message else "")
 
 
-def load_problem(load_errors: Mapping[str, str]) -> PodProblem | None:
+def load_problem(load_errors: Mapping[str, str]) -> Problem | None:
     """A worker's own account of why it could not load its model (its /health), if any."""
     if not load_errors:
         return None
     pod = min(load_errors)
-    return PodProblem("ModelLoadFailed", f"pod {pod} cannot load the model: {load_errors[pod]}")
+    return Problem("ModelLoadFailed", f"pod {pod} cannot load the model: {load_errors[pod]}")
 
 
 def compute_conditions(
     deployment: Manifest | None,
     pods: list[Manifest],
     *,
-    apply_error: str | None,
+    apply_error: Problem | None,
     load_errors: Mapping[str, str] | None = None,
 ) -> list[Condition]:
     if apply_error is not None:
+        reason, message = apply_error.reason, apply_error.message
         return [
-            Condition("Ready", "False", "ReconcileFailed", apply_error),
-            Condition("Progressing", "False", "ReconcileFailed", apply_error),
-            Condition("Degraded", "True", "InvalidSpec", apply_error),
+            Condition("Ready", "False", reason, message),
+            Condition("Progressing", "False", "ReconcileFailed", message),
+            Condition("Degraded", "True", reason, message),
         ]
     if deployment is None:
         waiting = "the worker Deployment does not exist yet"
@@ -149,7 +153,7 @@ def compute_status(
     deployment: Manifest | None,
     pods: list[Manifest],
     *,
-    apply_error: str | None,
+    apply_error: Problem | None,
     now: str,
     load_errors: Mapping[str, str] | None = None,
 ) -> Manifest:

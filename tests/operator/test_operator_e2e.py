@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 
 from embedfleet_operator.crd import GROUP, PLURAL, VERSION
 from tests.cluster.controlplane import LocalCluster
-from tests.cluster.processes import wait_until
+from tests.cluster.processes import free_loopback_port, wait_until
 from tests.operator.operator_process import (
     SAMPLE,
     OperatorProcess,
@@ -244,19 +245,124 @@ def test_two_operators_never_both_act_and_a_killed_one_converges(
         assert standby.stop() == 0
 
 
-def test_a_spec_the_apiserver_refuses_for_the_workers_sets_degraded(
-    cluster: LocalCluster, namespace: str, operator: OperatorProcess
-) -> None:
+def deployment_applies(cluster: LocalCluster, code: int) -> float:
+    """Server-side applies of Deployments the apiserver answered with `code`, from its metrics."""
+    exported = cluster.kubectl("get", "--raw", "/metrics")
+    wanted = ('resource="deployments"', 'verb="APPLY"', f'code="{code}"')
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in exported.splitlines()
+        if line.startswith("apiserver_request_total{") and all(w in line for w in wanted)
+    )
+
+
+def refused_for_good(
+    cluster: LocalCluster, namespace: str, code: int, reason: str, says: str
+) -> dict[str, Any]:
+    """Creates the sample, waits until its workers' objects are refused for good, and checks
+    that the operator then stops sending them (three resyncs pass without an apply)."""
     custom, _, _, _ = apis(cluster)
-    body = copy.deepcopy(SAMPLE)
-    body["spec"]["podLabels"] = {"team": "not a valid label value!"}  # CRD allows any string
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, copy.deepcopy(SAMPLE))
 
     def degraded() -> bool:
-        return condition(read(custom, namespace), "Degraded").get("status") == "True"
+        return condition(read(custom, namespace), "Degraded").get("reason") == reason
 
-    wait_until(degraded, 60, "Degraded=True")
+    wait_until(degraded, 60, f"Degraded={reason}")
     service = read(custom, namespace)
-    assert condition(service, "Degraded")["reason"] == "InvalidSpec"
-    assert "refused" in condition(service, "Degraded")["message"]
-    assert condition(service, "Ready")["status"] == "False"
+    assert says in condition(service, "Degraded")["message"], condition(service, "Degraded")
+    assert condition(service, "Ready")["reason"] == reason
+    assert reason in cluster.kubectl("get", "embsvc", "-n", namespace)
+    attempts = deployment_applies(cluster, code)
+    time.sleep(3 * 3 + 1)  # three resyncs of the fixture's operator
+    again = deployment_applies(cluster, code) - attempts
+    print(f"{attempts:g} refused applies ({code}), then {again:g} in three resyncs")
+    assert again == 0, f"{again:g} more applies of a refused spec in three resyncs"
+    return service
+
+
+def fixed_by_a_spec_change(cluster: LocalCluster, namespace: str) -> None:
+    custom, _, _, _ = apis(cluster)
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "qwen3-4b", {"spec": {"podLabels": {"team": "search"}}}
+    )
+
+    def healthy() -> bool:
+        return condition(read(custom, namespace), "Degraded").get("status") == "False"
+
+    wait_until(healthy, 60, "Degraded=False after the spec changed")
+
+
+def test_a_spec_an_admission_policy_refuses_is_not_retried_until_it_changes(
+    cluster: LocalCluster, namespace: str, operator: OperatorProcess
+) -> None:
+    """A cluster policy (ValidatingAdmissionPolicy) refuses the workers (422): status says so
+    in the policy's words, the operator stops re-applying that spec, and the edit that
+    satisfies the policy is applied at once."""
+    admission = kubernetes.client.AdmissionregistrationV1Api(cluster.api_client())
+    name = f"needs-team-{namespace}"[:63]
+    rule = {"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+            "resources": ["deployments"]}  # fmt: skip
+    in_namespace = {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+    admission.create_validating_admission_policy({
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [rule], "namespaceSelector": in_namespace},
+            "validations": [{
+                "expression": "'team' in object.spec.template.metadata.labels",
+                "message": "worker pods in this namespace need a team label",
+            }],
+        },
+    })  # fmt: skip
+    admission.create_validating_admission_policy_binding(
+        {"metadata": {"name": name}, "spec": {"policyName": name, "validationActions": ["Deny"]}}
+    )
+    try:
+        probe = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "probe"},
+                 "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {
+                     "metadata": {"labels": {"a": "b"}},
+                     "spec": {"containers": [{"name": "c", "image": "i"}]}}}}  # fmt: skip
+        apps = kubernetes.client.AppsV1Api(cluster.api_client())
+
+        def enforced() -> bool:
+            try:
+                apps.create_namespaced_deployment(namespace, probe, dry_run="All")
+            except kubernetes.client.ApiException as error:
+                return error.status == 422
+            return False
+
+        wait_until(enforced, 30, "the policy in force")
+        refused_for_good(cluster, namespace, 422, "InvalidSpec", "need a team label")
+        fixed_by_a_spec_change(cluster, namespace)
+    finally:
+        admission.delete_validating_admission_policy_binding(name)
+        admission.delete_validating_admission_policy(name)
+
+
+def test_a_500_that_repeats_for_one_spec_stops_the_retries(
+    cluster: LocalCluster, namespace: str, operator: OperatorProcess
+) -> None:
+    """An admission webhook that is down (failurePolicy Fail) makes every apply a 500: the
+    operator retries it a few times, then reports it and waits for the next spec change."""
+    admission = kubernetes.client.AdmissionregistrationV1Api(cluster.api_client())
+    name = f"down-{namespace}"[:63]
+    admission.create_validating_webhook_configuration({
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "down.embedfleet.test",
+            "clientConfig": {"url": f"https://127.0.0.1:{free_loopback_port()}/validate"},
+            "rules": [{"apiGroups": ["apps"], "apiVersions": ["v1"],
+                       "operations": ["CREATE", "UPDATE"], "resources": ["deployments"]}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "failurePolicy": "Fail", "sideEffects": "None",
+            "admissionReviewVersions": ["v1"], "timeoutSeconds": 2,
+        }],
+    })  # fmt: skip
+    try:
+        service = refused_for_good(
+            cluster, namespace, 500, "ApplyRefused", "failed calling webhook"
+        )
+        print(condition(service, "Degraded")["message"])
+    finally:
+        admission.delete_validating_webhook_configuration(name)
+    fixed_by_a_spec_change(cluster, namespace)

@@ -10,6 +10,7 @@ import pytest
 from embedfleet_operator.policy import Decision, FleetMetrics
 from embedfleet_operator.status import (
     Condition,
+    Problem,
     autoscaling_status,
     compute_conditions,
     merge_conditions,
@@ -75,14 +76,15 @@ def pull_refused(name: str) -> dict[str, Any]:
         (deployment(2, 1, 2), [pull_refused("w-4")], None,
          {"Ready": ("True", "WorkersReady"), "Degraded": ("True", "ImagePullBackOff")}),
         (deployment(0, 0, 0), [], None, {"Ready": ("False", "ScaledToZero")}),
-        (None, [], "refused",
-         {"Ready": ("False", "ReconcileFailed"), "Degraded": ("True", "InvalidSpec")}),
+        (None, [], Problem("InvalidSpec", "refused"),
+         {"Ready": ("False", "InvalidSpec"), "Progressing": ("False", "ReconcileFailed"),
+          "Degraded": ("True", "InvalidSpec")}),
     ],
 )  # fmt: skip
 def test_compute_conditions(
     deploy: dict[str, Any] | None,
     pods: list[dict[str, Any]],
-    error: str | None,
+    error: Problem | None,
     expected: dict[str, tuple[str, str]],
 ) -> None:
     conditions = {
