@@ -72,6 +72,22 @@ _QUANTITY = {
 }
 _FREEFORM = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
 _STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+# Label and annotation keys and label values in the apimachinery formats, so a map the pods
+# would be refused for is refused here, with a message, and not by the Deployment's apply.
+_LABEL_NAME = "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_DNS_PREFIX = "[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+_KEYS_RULE = {
+    "rule": f"self.all(k, size(k) <= 317 && k.matches('^({_DNS_PREFIX}/)?{_LABEL_NAME}$'))",
+    "message": "keys must be an optional DNS prefix and '/', then 1-63 letters, digits, '-', "
+    "'_' or '.' that start and end with a letter or digit",
+}
+_KEY_MAP = {**_STRING_MAP, "maxProperties": 64, "x-kubernetes-validations": [_KEYS_RULE]}
+_LABEL_MAP = {
+    **_KEY_MAP,
+    "additionalProperties": {
+        "type": "string", "maxLength": 63, "pattern": f"^({_LABEL_NAME})?$",
+    },
+}  # fmt: skip
 
 
 def _model() -> Schema:
@@ -227,12 +243,15 @@ def spec_schema() -> Schema:
             "startupTimeoutSeconds": _int(
                 30, 7200, default=1800, description="Budget for downloading and loading the model."
             ),
-            "nodeSelector": _STRING_MAP,
+            "nodeSelector": {**_LABEL_MAP, "description": "Label values: up to 63 characters."},
             "tolerations": {"type": "array", "items": _FREEFORM},
             "affinity": _FREEFORM,
             "priorityClassName": _str(),
-            "podLabels": _STRING_MAP,
-            "podAnnotations": {**_STRING_MAP, "description": "Added to the worker pods."},
+            "podLabels": {
+                **_LABEL_MAP,
+                "description": "Added to the worker pods; values: up to 63 characters.",
+            },
+            "podAnnotations": {**_KEY_MAP, "description": "Added to the worker pods."},
             "service": _obj(
                 {
                     "type": _str(

@@ -111,6 +111,11 @@ _DELETE = object()
         ("resources.cpu", "-2", 'spec.resources.cpu: Invalid value: "-2"'),
         ("resources.cpu", -2, "spec.resources.cpu"),
         ("model.cache", {"emptyDirSizeLimit": "50 GB"}, "spec.model.cache.emptyDirSizeLimit"),
+        ("podLabels", {"team": "not a valid label value!"}, "spec.podLabels.team: Invalid value"),
+        ("podLabels", {"team": "x" * 64}, "spec.podLabels.team: Too long"),
+        ("podLabels", {"no spaces": "a"}, "keys must be an optional DNS prefix"),
+        ("nodeSelector", {"gpu/": "h100"}, "keys must be an optional DNS prefix"),
+        ("podAnnotations", {"-leading": "any value at all!"}, "keys must be an optional DNS"),
     ],
 )
 def test_invalid_specs_are_rejected_with_a_clear_message(
@@ -138,3 +143,14 @@ def test_an_explicit_autoscaling_block_must_name_a_target(
     created = create(crd, namespace, tokens_only)["spec"]["autoscaling"]
     assert "targetGPUUtilizationPercent" not in created
     assert (created["minReplicas"], created["maxReplicas"]) == (1, 4)
+
+
+@pytest.mark.cluster
+def test_label_and_annotation_maps_accept_what_kubernetes_accepts(
+    crd: kubernetes.client.CustomObjectsApi, namespace: str
+) -> None:
+    body = _with("podLabels", {"example.com/team": "search", "tier": "", "a.b_c-d": "X.y_z-9"})
+    body["spec"]["nodeSelector"] = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    body["spec"]["podAnnotations"] = {"prometheus.io/scrape": "true, or any text at all"}
+    body["metadata"]["name"] = "labelled"
+    assert create(crd, namespace, body)["spec"]["podLabels"]["example.com/team"] == "search"
