@@ -7,7 +7,7 @@ export EMBEDFLEET_CACHE ?= $(HOME)/.cache/embedfleet
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 EXTRAS := operator,worker,test
 
-.PHONY: test demo venv binaries lint unit pytest serve bench-smoke manifests crd clean
+.PHONY: test demo venv binaries lint unit pytest serve bench-smoke manifests crd images push-images clean
 
 test: venv binaries lint pytest
 
@@ -50,6 +50,25 @@ serve: venv
 
 bench-smoke: venv
 	PYTHONPATH=worker:. $(BIN)/python bench/engine.py --device cpu --model tiny --quick
+
+# Both images for a real cluster, as the chart names them: $(REGISTRY)/worker:$(TAG) and
+# $(REGISTRY)/operator:$(TAG). Then: helm install ... --set registry=$(REGISTRY).
+REGISTRY ?= ghcr.io/embedfleet
+TAG ?= $(shell sed -n 's/^appVersion: "\(.*\)"$$/\1/p' charts/embedfleet/Chart.yaml)
+CONTAINER_TOOL ?= $(shell command -v docker || command -v podman)
+IMAGES := worker operator
+
+images:
+	@if [ -z "$(CONTAINER_TOOL)" ]; then \
+	  echo "make images: neither docker nor podman is on PATH. On a machine with one, run:"; \
+	  for image in $(IMAGES); do \
+	    echo "  docker build -f Dockerfile.$$image -t $(REGISTRY)/$$image:$(TAG) ."; done; \
+	  echo "  (then docker push each; podman takes the same arguments)"; exit 1; fi
+	@for image in $(IMAGES); do \
+	  $(CONTAINER_TOOL) build -f Dockerfile.$$image -t $(REGISTRY)/$$image:$(TAG) . || exit 1; done
+
+push-images: images
+	@for image in $(IMAGES); do $(CONTAINER_TOOL) push $(REGISTRY)/$$image:$(TAG) || exit 1; done
 
 unit: venv
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

@@ -15,7 +15,6 @@ PLURAL = "embeddingservices"
 SINGULAR = "embeddingservice"
 SHORT_NAMES = ["embsvc"]
 CRD_NAME = f"{PLURAL}.{GROUP}"
-DEFAULT_IMAGE = "ghcr.io/embedfleet/worker:0.1.0"
 
 Schema = dict[str, Any]
 
@@ -223,7 +222,11 @@ def spec_schema() -> Schema:
     return _obj(
         {
             "model": _model(),
-            "image": _str(minLength=1, default=DEFAULT_IMAGE, description="The worker image."),
+            "image": _str(
+                minLength=1,
+                description="The worker image; default: the operator's (the chart's "
+                "<registry>/worker:<version>).",
+            ),
             "imagePullPolicy": _str(
                 enum=["Always", "IfNotPresent", "Never"], default="IfNotPresent"
             ),

@@ -306,7 +306,7 @@ async def _apply_workers(service: dict[str, Any]) -> Problem | None:
         assert refusal is not None
         return refusal.problem  # the same spec would be refused again: wait for a new one
     try:
-        await kube.apply(build_deployment(service))
+        await kube.apply(build_deployment(service, worker_image=_settings().worker_image))
         await kube.apply(build_service(service))
         pdb = build_pdb(service)
         if pdb is None:

@@ -137,14 +137,17 @@ def _volumes(spec: Manifest) -> tuple[list[Manifest], list[Manifest]]:
     return volumes, mounts
 
 
-def build_deployment(service: Manifest, *, replicas: int | None = None) -> Manifest:
-    """The worker Deployment. `replicas` is left out unless given: the autoscaler (or
-    `spec.replicas` when autoscaling is off) owns that field, not the template apply."""
+def build_deployment(
+    service: Manifest, *, worker_image: str, replicas: int | None = None
+) -> Manifest:
+    """The worker Deployment, running spec.image or else `worker_image` (the operator's
+    setting). `replicas` is left out unless given: the autoscaler (or `spec.replicas` when
+    autoscaling is off) owns that field, not the template apply."""
     spec, name = service["spec"], service["metadata"]["name"]
     volumes, mounts = _volumes(spec)
     container: Manifest = {
         "name": "worker",
-        "image": spec.get("image"),
+        "image": spec.get("image") or worker_image,
         "imagePullPolicy": spec.get("imagePullPolicy", "IfNotPresent"),
         "command": ["embedfleet-worker", "serve"],
         "ports": [{"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"}],

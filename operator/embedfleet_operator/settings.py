@@ -8,6 +8,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 ENV_PREFIX = "EMBEDFLEET_OPERATOR_"
+# The workers' image when an EmbeddingService sets no spec.image; the chart sets it from its
+# `registry` value, so a private registry is one setting.
+DEFAULT_WORKER_IMAGE = "ghcr.io/embedfleet/worker:0.1.0"
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,7 @@ class OperatorSettings:
     autoscale_seconds: float = 15.0  # the autoscaler's tick
     scrape_timeout_seconds: float = 2.0  # per worker /metrics request
     metrics_address: str | None = None  # host:port for the operator's /metrics; off if unset
+    worker_image: str = DEFAULT_WORKER_IMAGE
 
 
 def parse_settings(
@@ -57,6 +61,10 @@ def parse_settings(
     parser.add_argument(
         "--metrics-address", default=env.get(ENV_PREFIX + "METRICS_ADDRESS"),
         help="host:port to serve the operator's Prometheus metrics on",
+    )  # fmt: skip
+    parser.add_argument(
+        "--worker-image", default=env.get(ENV_PREFIX + "WORKER_IMAGE", DEFAULT_WORKER_IMAGE),
+        help="the workers' image when an EmbeddingService sets no spec.image",
     )  # fmt: skip
     args = vars(parser.parse_args(argv))
     from_env = [n for n in env.get(ENV_PREFIX + "NAMESPACES", "").split(",") if n]

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from embedfleet_operator.crd import GROUP, PLURAL, VERSION
+from embedfleet_operator.settings import DEFAULT_WORKER_IMAGE
 from tests.cluster.binaries import helm_path
 from tests.cluster.controlplane import LocalCluster
 from tests.cluster.manifests import (
@@ -32,6 +33,7 @@ from tests.cluster.processes import wait_until
 from tests.operator.operator_process import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
+APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
 SAMPLE: dict[str, Any] = yaml.safe_load(
     (REPO / "deploy/samples/qwen3-embedding-4b.yaml").read_text()
 )
@@ -71,6 +73,7 @@ def test_helm_lint_passes_for_defaults_and_every_option() -> None:
         ("operator.logFormat=yaml", "logFormat"),
         ("image.pullPolicy=Sometimes", "pullPolicy"),
         ("nosuchvalue=1", "nosuchvalue"),
+        ("registry=registry.example.com/ml/", "registry"),
     ],
 )
 def test_values_schema_rejects_bad_values(value: str, complaint: str) -> None:
@@ -105,6 +108,47 @@ def test_every_optional_template_renders_what_it_promises() -> None:
     peerings = [(b["kind"], b["metadata"]["namespace"]) for _, b in namespaced
                 if b["kind"].endswith("KopfPeering")]  # fmt: skip
     assert peerings == [("KopfPeering", "team-a"), ("KopfPeering", "team-b")]
+
+
+def test_one_registry_value_names_both_images() -> None:
+    """The README's real-cluster install: images built and pushed with `make images
+    push-images REGISTRY=...`, the chart installed with `--set registry=...` and the samples
+    applied as they are (they name no image): every pod then pulls from that registry."""
+    registry = "registry.example.com/ml"
+    rendered = helm_template(RELEASE, NAMESPACE, f"registry={registry}", "sample.enabled=true")
+    kinds = {body["kind"]: body for _, body in rendered}
+    operator = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert operator["image"] == f"{registry}/operator:{APP_VERSION}"
+    environment = {e["name"]: e.get("value") for e in operator["env"]}
+    assert environment["EMBEDFLEET_OPERATOR_WORKER_IMAGE"] == f"{registry}/worker:{APP_VERSION}"
+    assert "image" not in kinds["EmbeddingService"]["spec"]
+    for sample in (REPO / "deploy" / "samples").glob("*.yaml"):
+        assert "image" not in yaml.safe_load(sample.read_text())["spec"], sample.name
+    pinned = helm_template(RELEASE, NAMESPACE, f"registry={registry}", "image.tag=1.2.3",
+                           "workerImage=other.example.com/worker@sha256:abc")  # fmt: skip
+    operator = next(b for _, b in pinned if b["kind"] == "Deployment")
+    container = operator["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == f"{registry}/operator:1.2.3"
+    environment = {e["name"]: e.get("value") for e in container["env"]}
+    assert environment["EMBEDFLEET_OPERATOR_WORKER_IMAGE"] == "other.example.com/worker@sha256:abc"
+
+
+def test_make_images_builds_and_pushes_what_the_chart_pulls() -> None:
+    registry = "registry.example.com/ml"
+    make = ["make", "--no-print-directory", "-C", str(REPO), f"REGISTRY={registry}"]
+    echoed = run([*make, "CONTAINER_TOOL=echo", "push-images"]).stdout.splitlines()
+    assert echoed == [
+        f"build -f Dockerfile.worker -t {registry}/worker:{APP_VERSION} .",
+        f"build -f Dockerfile.operator -t {registry}/operator:{APP_VERSION} .",
+        f"push {registry}/worker:{APP_VERSION}",
+        f"push {registry}/operator:{APP_VERSION}",
+    ]
+    without = run([*make, "CONTAINER_TOOL=", "images"], check=False)
+    assert without.returncode != 0
+    assert f"docker build -f Dockerfile.worker -t {registry}/worker:{APP_VERSION} ." in (
+        without.stdout
+    ), without.stdout
+    assert f"ghcr.io/embedfleet/worker:{APP_VERSION}" == DEFAULT_WORKER_IMAGE
 
 
 # ----------------------------------------------------------------------- on the control plane

@@ -5,7 +5,6 @@ correction, rollouts and garbage collection."""
 from __future__ import annotations
 
 import copy
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,24 +93,20 @@ def test_sample_becomes_a_ready_fleet_with_status_and_columns(
     ).items
     assert any(e.reason == "WorkersReady" for e in events), [e.reason for e in events]
 
-    kubectl = cluster.bin_dir / "kubectl"
-    table = subprocess.run(
-        [str(kubectl), "--kubeconfig", str(cluster.admin_kubeconfig), "-n", namespace,
-         "get", "embsvc"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+    table = cluster.kubectl("-n", namespace, "get", "embsvc")
     header, row = table.splitlines()[:2]
     assert header.split() == [
         "NAME",
         "MODEL",
         "READY",
+        "REASON",
         "REPLICAS",
         "DESIRED",
         "UTIL%",
         "RPS",
         "AGE",
     ]
-    assert row.split()[:4] == ["qwen3-4b", "Qwen/Qwen3-Embedding-4B", "True", "1"]
+    assert row.split()[:5] == ["qwen3-4b", "Qwen/Qwen3-Embedding-4B", "True", "WorkersReady", "1"]
 
 
 def test_spec_changes_roll_and_drift_is_reverted(

@@ -217,7 +217,7 @@ def worker_stage() -> list[Instruction]:
 
 @pytest.fixture(scope="module")
 def worker_container() -> dict[str, Any]:
-    deployment = resources.build_deployment(copy.deepcopy(BASE))
+    deployment = resources.build_deployment(copy.deepcopy(BASE), worker_image="unused")
     container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
     return container
 

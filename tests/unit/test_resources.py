@@ -31,6 +31,13 @@ BASE: dict[str, Any] = {
 }
 
 
+OPERATORS_IMAGE = "registry.example.com/ml/worker:0.1.0"  # the operator's --worker-image
+
+
+def build(service: dict[str, Any], replicas: int | None = None) -> dict[str, Any]:
+    return build_deployment(service, worker_image=OPERATORS_IMAGE, replicas=replicas)
+
+
 def service_with(**spec: Any) -> dict[str, Any]:
     body = copy.deepcopy(BASE)
     body["spec"].update(spec)
@@ -46,8 +53,15 @@ def env(deployment: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container(deployment)["env"]}
 
 
+def test_the_image_is_the_specs_or_else_the_operators() -> None:
+    assert container(build(BASE))["image"] == "registry.local/worker:1"
+    unset = copy.deepcopy(BASE)
+    del unset["spec"]["image"]
+    assert container(build(unset))["image"] == OPERATORS_IMAGE
+
+
 def test_deployment_shape() -> None:
-    deployment = build_deployment(BASE)
+    deployment = build(BASE)
     pod = deployment["spec"]["template"]["spec"]
     worker = container(deployment)
     assert "replicas" not in deployment["spec"]  # the autoscaler owns it
@@ -108,11 +122,11 @@ def test_deployment_shape() -> None:
     ],
 )  # fmt: skip
 def test_deployment_variants(spec: dict[str, Any], check: Any) -> None:
-    assert check(build_deployment(service_with(**spec)))
+    assert check(build(service_with(**spec)))
 
 
 def test_explicit_replicas_are_set_when_given() -> None:
-    assert build_deployment(BASE, replicas=2)["spec"]["replicas"] == 2
+    assert build(BASE, replicas=2)["spec"]["replicas"] == 2
 
 
 def test_service_and_endpoint() -> None:
@@ -160,7 +174,7 @@ def test_engine_settings_reach_the_worker_through_its_environment(
     """The Deployment's env, read by the worker's own settings parser, as the pod would."""
     from embedfleet_worker.settings import parse_settings
 
-    settings = parse_settings([], environ=env(build_deployment(service_with(engine=engine))))
+    settings = parse_settings([], environ=env(build(service_with(engine=engine))))
     assert settings.max_connection_age_seconds == age
     assert settings.max_connection_requests == requests
     assert settings.max_batch_tokens == engine.get("maxBatchTokens", 16384)

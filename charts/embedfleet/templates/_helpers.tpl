@@ -29,6 +29,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
+{{- define "embedfleet.tag" -}}
+{{- default .Chart.AppVersion .Values.image.tag -}}
+{{- end -}}
+
 {{- define "embedfleet.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- $repository := default (printf "%s/operator" .Values.registry) .Values.image.repository -}}
+{{- printf "%s:%s" $repository (include "embedfleet.tag" .) -}}
+{{- end -}}
+
+{{/* The workers' image when an EmbeddingService sets none. */}}
+{{- define "embedfleet.workerImage" -}}
+{{- default (printf "%s/worker:%s" .Values.registry (include "embedfleet.tag" .)) .Values.workerImage -}}
 {{- end -}}
