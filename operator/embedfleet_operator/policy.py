@@ -297,8 +297,10 @@ def _is_idle(observation: Observation, spec: ScalingSpec, history: History, now:
     """No request for the idle timeout, with minReplicas 0: the only way to zero. Above zero
     the targets' scale-down, with its stabilisation window, takes an idle fleet down, so a
     gap in traffic a little longer than the timeout does not meet a single pod on return."""
-    if spec.min_replicas > 0 or observation.missing or not observation.ready_pods:
+    if spec.min_replicas > 0 or observation.missing or observation.starting:
         return False  # unknown load is never taken for no load
+    if not observation.ready_pods:
+        return False
     if any(m.active for m in observation.reporting):
         return False
     since = history.last_activity if history.last_activity is not None else now
@@ -348,6 +350,15 @@ def decide(observation: Observation, spec: ScalingSpec, history: History, now: f
     elif observation.missing and best.replicas <= current:
         names = ", ".join(observation.missing)
         best = _Recommendation(current, "MetricsMissing", f"no fresh metrics from {names}; holding")
+    elif observation.starting and best.replicas < current:
+        # A replica that is not ready (starting, frozen, crash-looping) may hold load no
+        # metric shows: clients stuck on a frozen pod leave the others idle. As HPA does with
+        # a pod it cannot measure, a scale-down takes it as busy: hold.
+        best = _Recommendation(
+            current, "ReplicasNotReady",
+            f"{observation.starting} of {current} replicas not ready, their load unknown; "
+            f"holding (wanted {best.replicas}: {best.reason})",
+        )  # fmt: skip
     recommendation, clamp_note = _bounds(best.replicas, spec)
     replicas, reason, message = recommendation, best.reason, best.message + clamp_note
     if recommendation > current:
@@ -395,7 +406,12 @@ def remember(
     scale_ups = tuple((w, r) for w, r in history.scale_ups if now - w < spec.tick_seconds)
     if decision.replicas > observation.current_replicas:
         scale_ups += ((now, observation.current_replicas),)
-    active = any(m.active for m in observation.reporting) or bool(observation.missing)
+    # Unmeasured and unready replicas count as activity: idle starts once all are seen idle.
+    active = (
+        any(m.active for m in observation.reporting)
+        or bool(observation.missing)
+        or observation.starting > 0
+    )
     last_activity = now if active or history.last_activity is None else history.last_activity
     return History(
         recommendations=recommendations,

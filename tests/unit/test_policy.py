@@ -183,6 +183,18 @@ CASES = [
          fleet(3, None, None, None), 3, "MetricsMissing"),
     Case("missing metrics do not stop a scale-up (the unmeasured pod counts as zero)", RPS,
          fleet(3, load(rps=20), None, load(rps=20)), 4, "RequestsPerSecondAboveTarget"),
+    # Replicas not ready (starting, frozen, crash-looping) may hold load no metric shows.
+    Case("a replica not ready blocks a scale-down", UTIL,
+         fleet(3, load(5), load(5)), 3, "ReplicasNotReady", history=past(last_activity=NOW)),
+    Case("a replica not ready does not stop a scale-up", UTIL,
+         fleet(3, load(150), load(150)), 5, "UtilizationAboveTarget"),
+    Case("idle needs every replica ready",
+         ScalingSpec(min_replicas=0, max_replicas=8, target_utilization_percent=65),
+         fleet(3, load(0), load(0)), 3, "ReplicasNotReady",
+         history=past(last_activity=NOW - 1000)),
+    Case("a fleet above maxReplicas still comes down to it with a replica not ready",
+         ScalingSpec(min_replicas=1, max_replicas=2, target_utilization_percent=65),
+         fleet(4, load(5), load(5)), 2, "ReplicasNotReady", limited=True),
     # Clamp.
     Case("clamped at maxReplicas", ScalingSpec(min_replicas=1, max_replicas=4,
          target_utilization_percent=65), fleet(3, load(100), load(100), load(100)),
@@ -236,6 +248,10 @@ def test_remember_activity_comes_from_requests_and_queues_not_silence() -> None:
     history = remember(History(last_activity=NOW - 50), quiet, decide(quiet, spec, BUSY, NOW),
                        spec, NOW)  # fmt: skip
     assert history.last_activity == NOW - 50
+    one_not_ready = fleet(2, load(0))
+    history = remember(History(last_activity=NOW - 50), one_not_ready,
+                       decide(one_not_ready, spec, BUSY, NOW), spec, NOW)  # fmt: skip
+    assert history.last_activity == NOW  # its load is unknown: idle starts once it is ready
     unmeasured = fleet(1, None)
     history = remember(history, unmeasured, decide(unmeasured, spec, history, NOW), spec, NOW)
     assert history.last_activity == NOW  # unknown load is treated as activity
