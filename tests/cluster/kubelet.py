@@ -127,6 +127,14 @@ class LoopbackKubelet:
             assert pod.process is not None
             pod.process.kill()
 
+    def signal(self, pod_name: str, number: signal.Signals) -> None:
+        """Sends the pod's process a signal: SIGSTOP freezes it (a hung worker: its probes
+        time out and it turns NotReady), SIGCONT thaws it."""
+        with self._lock:
+            pod = next(p for p in self.pods.values() if p.name == pod_name)
+            assert pod.process is not None
+            pod.process.send_signal(number)
+
     # ---------------------------------------------------------------------------- loop
     def _run(self) -> None:
         while not self._stop.is_set():

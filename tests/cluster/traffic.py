@@ -27,12 +27,13 @@ class Traffic:
     rate: float  # requests per second, all threads together
     model: str
     threads: int = 8
+    timeout: float = 30.0  # per request, as the client's own
     ok: int = 0
     failures: list[Failure] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.client = openai.OpenAI(
-            base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=30
+            base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=self.timeout
         )
         self._interval = self.threads / self.rate
         self._lock = threading.Lock()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import json
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,6 +21,9 @@ from embedfleet_operator.operator_metrics import SCALE_DECISIONS
 from tests.cluster.controlplane import LocalCluster
 from tests.cluster.kubelet import REAL_PROCESS_ANNOTATION, LoopbackKubelet
 from tests.cluster.processes import free_loopback_port, wait_until
+from tests.cluster.service_proxy import ServiceProxy
+from tests.cluster.traffic import Traffic
+from tests.modelzoo import minilm_dir
 from tests.operator.operator_process import (
     SAMPLE,
     OperatorProcess,
@@ -34,6 +38,8 @@ TICK = 2
 RESTART_FIRST_TICK_S = 10.0  # the issue's target: first tick after the process starts
 OUTAGE_S = 20.0
 RESUME_FIRST_TICK_S = 5.0  # the issue's target: first tick after the apiserver is healthy
+STABILIZATION_S = 10
+THAW_READY_S = 5.0  # a thawed worker answers its next probe
 RESYNC_S = 30.0  # the operator's default resync: a failure shows in status within one
 
 
@@ -240,3 +246,81 @@ def test_an_image_that_cannot_be_pulled_shows_in_kubectl_get(
             )  # fmt: skip
         finally:
             assert operator.stop() == 0
+
+
+FREEZE_HOLD_S = 16.0  # how long past NotReady the fleet must hold: window + 3 ticks
+
+
+def test_a_frozen_worker_holds_the_fleet_and_loses_no_request(
+    cluster: LocalCluster, namespace: str, tmp_path: Path
+) -> None:
+    """One of three real workers SIGSTOPped under light traffic: it turns NotReady, the
+    others see less than one replica's load, and the fleet still holds at 3 past the
+    stabilisation window (a replica whose load is unknown is not an idle one; it used to
+    scale 3 -> 1 here). Thawed, it is Ready again within seconds; every request, those stuck
+    on it included, succeeds; then the fleet comes down as the window says."""
+    install_crds(cluster)
+    create_peering(cluster, namespace)
+    api = cluster.api_client()
+    custom = kubernetes.client.CustomObjectsApi(api)
+    apps = kubernetes.client.AppsV1Api(api)
+    body = real_worker_service(
+        "frozen", model={"name": str(minilm_dir())}, engine={"maxBatchTokens": 2048},
+        autoscaling={"minReplicas": 3, "maxReplicas": 3, "targetRequestsPerSecondPerReplica": 3,
+                     "idleTimeoutSeconds": 8, "scaleDownStabilizationSeconds": STABILIZATION_S},
+    )  # fmt: skip
+    del body["spec"]["replicas"]
+    operator, _ = start_operator(cluster, namespace, tmp_path / "operator.log", "operator-0")
+
+    def replicas() -> int:
+        return int(apps.read_namespaced_deployment("frozen", namespace).spec.replicas or 0)
+
+    def scaling_message() -> str:
+        service = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "frozen")
+        conditions = (service.get("status") or {}).get("conditions") or []
+        return next((c["message"] for c in conditions if c["type"] == "ScalingActive"), "")
+
+    kubelet = LoopbackKubelet(api, namespace, tmp_path / "pods")
+    with kubelet:
+        try:
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+            wait_until(lambda: len([p for p in kubelet.running() if p.ready]) == 3, 240,
+                       "three real workers ready")  # fmt: skip
+            # 2 requests/s: one replica's worth at the target of 3, so only the hold keeps 3.
+            custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, "frozen",
+                {"spec": {"autoscaling": {"minReplicas": 1}}},
+            )  # fmt: skip
+            with (
+                ServiceProxy(api, namespace, "frozen") as proxy,
+                Traffic(proxy.url, rate=2, model=str(minilm_dir()), threads=4, timeout=90) as load,
+            ):
+                time.sleep(4)
+                victim = kubelet.running()[0]
+                kubelet.signal(victim.name, signal.SIGSTOP)
+                wait_until(lambda: not victim.ready, 60, "the frozen worker NotReady")
+                not_ready = time.monotonic()
+                while time.monotonic() - not_ready < FREEZE_HOLD_S:
+                    assert replicas() == 3, f"scaled down {time.monotonic() - not_ready:.1f}s " \
+                        f"after a worker froze: {scaling_message()}"  # fmt: skip
+                    time.sleep(0.5)
+                held = scaling_message()
+                print(f"held 3 replicas {FREEZE_HOLD_S:g}s past NotReady: {held}")
+                assert "not ready" in held, held
+                kubelet.signal(victim.name, signal.SIGCONT)
+                thawed = time.monotonic()
+                wait_until(lambda: victim.ready, 60, "the thawed worker Ready")
+                back = time.monotonic() - thawed
+                print(f"Ready {back:.1f}s after SIGCONT")
+                assert back <= THAW_READY_S, (
+                    f"Ready {back:.1f}s after SIGCONT, target {THAW_READY_S:g}s"
+                )
+                time.sleep(2 * TICK)
+            assert not load.failed, (load.ok, load.failed[:5])
+            assert load.ok > 20, load.ok
+            print(f"{load.ok} requests, none failed")
+            wait_until(lambda: replicas() < 3, STABILIZATION_S + 10 * TICK + 30,
+                       "the scale-down once every replica is measured")  # fmt: skip
+        finally:
+            assert operator.stop() == 0
+    assert "Traceback" not in operator.log(), operator.log()[-4000:]
