@@ -111,27 +111,40 @@ def test_a_killed_operator_restarted_in_its_pod_ticks_at_once(
 def test_the_operator_ticks_within_seconds_of_an_apiserver_outage(
     own_cluster: LocalCluster, tmp_path: Path
 ) -> None:
-    """kube-apiserver SIGKILLed for 20 s under a running operator: the first autoscaling tick
-    comes within seconds of /readyz (no minute-long backoff), and the outage costs the log one
-    WARNING and an INFO when it ends, no traceback and no ERROR."""
+    """kube-apiserver SIGKILLed for 20 s under a running operator while a real worker serves
+    traffic: no request fails (the data path does not go through the apiserver), the first
+    autoscaling tick comes within seconds of /readyz (no minute-long backoff), and the outage
+    costs the log one WARNING and an INFO when it ends, no traceback and no ERROR."""
     cluster, namespace = own_cluster, "default"
     install_crds(cluster)
     create_peering(cluster, namespace)
-    custom = kubernetes.client.CustomObjectsApi(cluster.api_client())
+    api = cluster.api_client()
+    custom = kubernetes.client.CustomObjectsApi(api)
+    body = real_worker_service("outage", model={"name": str(minilm_dir())})
     operator, url = start_operator(cluster, namespace, tmp_path / "operator.log", "operator-0")
+    kubelet = LoopbackKubelet(api, namespace, tmp_path / "pods")
     try:
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, SAMPLE)
-        wait_until(lambda: decisions(url) > 0, 120, "the operator's autoscaling ticks")
-        before_outage = len(operator.log())
-        cluster.kill_apiserver()
-        time.sleep(OUTAGE_S)
-        cluster.restart_apiserver()
-        healthy, ticks = time.monotonic(), decisions(url)
-        wait_until(lambda: decisions(url) > ticks, 120, "a tick after the outage")
-        took = time.monotonic() - healthy
-        time.sleep(3 * TICK)  # what it logs as it settles belongs to the outage too
+        with kubelet:
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+            wait_until(lambda: any(p.ready for p in kubelet.running()), 180, "a worker ready")
+            wait_until(lambda: decisions(url) > 0, 120, "the operator's autoscaling ticks")
+            with (
+                ServiceProxy(api, namespace, "outage") as proxy,
+                Traffic(proxy.url, rate=4, model=str(minilm_dir()), threads=4) as load,
+            ):
+                before_outage = len(operator.log())
+                cluster.kill_apiserver()
+                time.sleep(OUTAGE_S)
+                cluster.restart_apiserver()
+                healthy, ticks = time.monotonic(), decisions(url)
+                wait_until(lambda: decisions(url) > ticks, 120, "a tick after the outage")
+                took = time.monotonic() - healthy
+                time.sleep(3 * TICK)  # what it logs as it settles belongs to the outage too
         outage_log = operator.log()[before_outage:]
-        print(f"first tick {took:.1f}s after /readyz; the outage's log:\n{outage_log}")
+        print(f"first tick {took:.1f}s after /readyz; {load.ok} requests, "
+              f"{len(load.failed)} failed; the outage's log:\n{outage_log}")  # fmt: skip
+        assert not load.failed, load.failed[:5]
+        assert load.ok >= 4 * OUTAGE_S * 0.8, load.ok
         assert took <= RESUME_FIRST_TICK_S, (
             f"first tick {took:.1f}s after the apiserver was healthy, "
             f"target {RESUME_FIRST_TICK_S:g}s"
@@ -193,6 +206,10 @@ def test_a_model_that_cannot_load_shows_in_status_and_an_event(
             wait_until(lambda: ready().get("reason") == "ModelLoadFailed", 120, "ModelLoadFailed")
             took = time.monotonic() - created
             print(f"ModelLoadFailed {took:.1f}s after the service was created: {ready()}")
+            assert took <= RESYNC_S, (
+                f"ModelLoadFailed in status {took:.1f}s after create (the worker's start "
+                f"included), target one resync ({RESYNC_S:g}s)"
+            )
             assert missing in ready()["message"], ready()
 
             wait_until(
