@@ -218,6 +218,26 @@ def _autoscaling() -> Schema:
     )
 
 
+def _toleration() -> Schema:
+    """core/v1 Toleration, checked here so a typo is refused on the EmbeddingService."""
+    return _obj(
+        {
+            "key": _str(),
+            "operator": _str(enum=["Exists", "Equal"]),
+            "value": _str(),
+            "effect": _str(enum=["", "NoSchedule", "PreferNoSchedule", "NoExecute"]),
+            "tolerationSeconds": {"type": "integer", "format": "int64"},
+        },
+        rules=[
+            {
+                "rule": "!has(self.operator) || self.operator != 'Exists' || "
+                "!has(self.value) || self.value == ''",
+                "message": "a toleration with operator Exists takes no value",
+            }
+        ],
+    )
+
+
 def spec_schema() -> Schema:
     return _obj(
         {
@@ -247,7 +267,7 @@ def spec_schema() -> Schema:
                 30, 7200, default=1800, description="Budget for downloading and loading the model."
             ),
             "nodeSelector": {**_LABEL_MAP, "description": "Label values: up to 63 characters."},
-            "tolerations": {"type": "array", "items": _FREEFORM},
+            "tolerations": {"type": "array", "items": _toleration()},
             "affinity": _FREEFORM,
             "priorityClassName": _str(),
             "podLabels": {

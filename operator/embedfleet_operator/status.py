@@ -85,6 +85,16 @@ def _last_exit(container: Manifest) -> str:
     return f"; last exit: {detail}" + (f": {message[-300:]}" if message else "")
 
 
+def replica_problem(deployment: Manifest) -> Problem | None:
+    """The Deployment's ReplicaFailure: its pods could not even be created (a PriorityClass
+    that does not exist, a ResourceQuota exceeded), so no pod says why; the controller does."""
+    for condition in deployment.get("status", {}).get("conditions", []) or []:
+        if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True":
+            reason = condition.get("reason") or "ReplicaFailure"
+            return Problem(reason, f"workers cannot be created: {condition.get('message', '')}")
+    return None
+
+
 def load_problem(load_errors: Mapping[str, str]) -> Problem | None:
     """A worker's own account of why it could not load its model (its /health), if any."""
     if not load_errors:
@@ -125,7 +135,11 @@ def compute_conditions(
     )
     unready = ready < desired
     # The worker's own account first: it knows why its model did not load.
-    problem = (load_problem(load_errors or {}) or pod_problem(pods)) if unready else None
+    problem = (
+        (load_problem(load_errors or {}) or pod_problem(pods) or replica_problem(deployment))
+        if unready
+        else None
+    )
     if desired == 0:
         readiness = Condition("Ready", "False", "ScaledToZero", "no workers are running")
     elif ready >= 1:

@@ -111,6 +111,12 @@ _DELETE = object()
         ("resources.cpu", "-2", 'spec.resources.cpu: Invalid value: "-2"'),
         ("resources.cpu", -2, "spec.resources.cpu"),
         ("model.cache", {"emptyDirSizeLimit": "50 GB"}, "spec.model.cache.emptyDirSizeLimit"),
+        (
+            "tolerations",
+            [{"key": "gpu", "operator": "Sometimes"}],
+            'Unsupported value: "Sometimes"',
+        ),
+        ("tolerations", [{"key": "gpu", "operator": "Exists", "value": "x"}], "takes no value"),
         ("podLabels", {"team": "not a valid label value!"}, "spec.podLabels.team: Invalid value"),
         ("podLabels", {"team": "x" * 64}, "spec.podLabels.team: Too long"),
         ("podLabels", {"no spaces": "a"}, "keys must be an optional DNS prefix"),
@@ -146,11 +152,16 @@ def test_an_explicit_autoscaling_block_must_name_a_target(
 
 
 @pytest.mark.cluster
-def test_label_and_annotation_maps_accept_what_kubernetes_accepts(
+def test_labels_annotations_and_tolerations_accept_what_kubernetes_accepts(
     crd: kubernetes.client.CustomObjectsApi, namespace: str
 ) -> None:
     body = _with("podLabels", {"example.com/team": "search", "tier": "", "a.b_c-d": "X.y_z-9"})
     body["spec"]["nodeSelector"] = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     body["spec"]["podAnnotations"] = {"prometheus.io/scrape": "true, or any text at all"}
+    body["spec"]["tolerations"] = [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "spot", "operator": "Equal", "value": "yes", "effect": "NoExecute",
+         "tolerationSeconds": 30},
+    ]  # fmt: skip
     body["metadata"]["name"] = "labelled"
     assert create(crd, namespace, body)["spec"]["podLabels"]["example.com/team"] == "search"

@@ -361,3 +361,26 @@ def test_a_500_that_repeats_for_one_spec_stops_the_retries(
     finally:
         admission.delete_validating_webhook_configuration(name)
     fixed_by_a_spec_change(cluster, namespace)
+
+
+def test_workers_the_apiserver_will_not_create_show_why(
+    cluster: LocalCluster, namespace: str, operator: OperatorProcess
+) -> None:
+    """A PriorityClass that does not exist: the Deployment applies, but the ReplicaSet
+    controller cannot create a single pod, so no pod can say why. Status names the
+    controller's reason and message."""
+    custom, _, _, _ = apis(cluster)
+    body = copy.deepcopy(SAMPLE)
+    body["spec"]["priorityClassName"] = "no-such-class"
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    created = time.monotonic()
+
+    def degraded() -> bool:
+        return condition(read(custom, namespace), "Degraded").get("reason") == "FailedCreate"
+
+    wait_until(degraded, 90, "Degraded=FailedCreate")
+    took = time.monotonic() - created
+    message = condition(read(custom, namespace), "Degraded")["message"]
+    print(f"FailedCreate {took:.1f}s after create: {message}")
+    assert "no-such-class" in message, message
+    assert "FailedCreate" in cluster.kubectl("get", "embsvc", "-n", namespace)

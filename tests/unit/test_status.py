@@ -49,6 +49,14 @@ def crash_looping(last: dict[str, Any]) -> dict[str, Any]:
     return {"metadata": {"name": "w-3"}, "status": {"containerStatuses": [container]}}
 
 
+def replica_failure(deploy: dict[str, Any]) -> dict[str, Any]:
+    message = 'pods "w-" is forbidden: no PriorityClass with name gold was found'
+    failure = {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+               "message": message}  # fmt: skip
+    deploy["status"]["conditions"] = [failure]
+    return deploy
+
+
 def pull_refused(name: str) -> dict[str, Any]:
     waiting = {"reason": "ImagePullBackOff", "message": "no such image"}
     container = {"state": {"waiting": waiting}}
@@ -76,6 +84,8 @@ def pull_refused(name: str) -> dict[str, Any]:
         (deployment(2, 1, 2), [pull_refused("w-4")], None,
          {"Ready": ("True", "WorkersReady"), "Degraded": ("True", "ImagePullBackOff")}),
         (deployment(0, 0, 0), [], None, {"Ready": ("False", "ScaledToZero")}),
+        (replica_failure(deployment(2, 0, 0)), [], None,
+         {"Ready": ("False", "FailedCreate"), "Degraded": ("True", "FailedCreate")}),
         (None, [], Problem("InvalidSpec", "refused"),
          {"Ready": ("False", "InvalidSpec"), "Progressing": ("False", "ReconcileFailed"),
           "Degraded": ("True", "InvalidSpec")}),
