@@ -183,6 +183,19 @@ def ready_condition(cluster: LocalCluster, namespace: str, name: str) -> dict[st
     return next((c for c in conditions if c["type"] == "Ready"), {})
 
 
+def shown_within_a_resync(
+    cluster: LocalCluster, namespace: str, reason: str, took: float, since: str
+) -> None:
+    """A failure's targets: in status within one resync of `since` (`took` seconds), and a
+    Warning event with the same reason."""
+    assert took <= RESYNC_S, (
+        f"{reason} in status {took:.1f}s after {since}, target one resync ({RESYNC_S:g}s)"
+    )
+    wait_until(
+        lambda: service_warnings(cluster, namespace, reason), 30, f"a Warning event {reason}"
+    )
+
+
 def test_a_model_that_cannot_load_shows_in_status_and_an_event(
     cluster: LocalCluster, namespace: str, tmp_path: Path
 ) -> None:
@@ -206,16 +219,8 @@ def test_a_model_that_cannot_load_shows_in_status_and_an_event(
             wait_until(lambda: ready().get("reason") == "ModelLoadFailed", 120, "ModelLoadFailed")
             took = time.monotonic() - created
             print(f"ModelLoadFailed {took:.1f}s after the service was created: {ready()}")
-            assert took <= RESYNC_S, (
-                f"ModelLoadFailed in status {took:.1f}s after create (the worker's start "
-                f"included), target one resync ({RESYNC_S:g}s)"
-            )
             assert missing in ready()["message"], ready()
-
-            wait_until(
-                lambda: service_warnings(cluster, namespace, "ModelLoadFailed"), 30,
-                "a Warning event naming the load failure",
-            )  # fmt: skip
+            shown_within_a_resync(cluster, namespace, "ModelLoadFailed", took, "create")
         finally:
             assert operator.stop() == 0
 
@@ -251,16 +256,9 @@ def test_an_image_that_cannot_be_pulled_shows_in_kubectl_get(
             listed = cluster.kubectl("get", "embsvc", "unpulled", "-n", namespace)
             print(f"{listed}shown {took:.1f}s after the pull was refused "
                   f"({refused - created:.1f}s after create)")  # fmt: skip
-            assert took <= RESYNC_S + TICK, (
-                f"ImagePullBackOff in status {took:.1f}s after the refusal, "
-                f"target one resync ({RESYNC_S:g}s)"
-            )
             assert image in ready_condition(cluster, namespace, "unpulled")["message"]
             assert not kubelet.running(), "no process runs for an image that was not pulled"
-            wait_until(
-                lambda: service_warnings(cluster, namespace, "ImagePullBackOff"), 30,
-                "a Warning event naming the pull failure",
-            )  # fmt: skip
+            shown_within_a_resync(cluster, namespace, "ImagePullBackOff", took, "the refusal")
         finally:
             assert operator.stop() == 0
 
