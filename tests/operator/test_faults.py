@@ -219,7 +219,7 @@ def test_a_model_that_cannot_load_shows_in_status_and_an_event(
             wait_until(lambda: ready().get("reason") == "ModelLoadFailed", 120, "ModelLoadFailed")
             took = time.monotonic() - created
             print(f"ModelLoadFailed {took:.1f}s after the service was created: {ready()}")
-            assert missing in ready()["message"], ready()
+            assert f"model folder {missing} does not exist" in ready()["message"], ready()
             shown_within_a_resync(cluster, namespace, "ModelLoadFailed", took, "create")
         finally:
             assert operator.stop() == 0

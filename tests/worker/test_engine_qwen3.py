@@ -17,7 +17,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from embedfleet_worker.engine.executor import EmbeddingEngine, EngineConfig
 from embedfleet_worker.engine.options import EmbedOptions, InputType
-from embedfleet_worker.model.files import fingerprint
+from embedfleet_worker.model.files import fingerprint, resolve_model_dir
 from embedfleet_worker.model.loader import LoadedModel, ModelSpec, load_model
 from embedfleet_worker.model.runners.qwen3 import Qwen3Runner
 
@@ -204,3 +204,14 @@ def test_hub_id_at_a_pinned_revision_loads_from_the_cache(
     assert loaded.fingerprint == fingerprint(tiny_qwen3_dir)
     with pytest.raises(Exception, match=r"(?i)revision|cache|snapshot|local"):
         load_model(ModelSpec(**{**spec.__dict__, "revision": "v2"}))
+
+
+def test_a_model_path_that_is_not_a_folder_is_named_as_such(tmp_path: Path) -> None:
+    """What status shows a user who mistyped a path: not the hub client's complaint about
+    repo id syntax."""
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(FileNotFoundError, match=f"^model folder {missing} does not exist$"):
+        resolve_model_dir(str(missing), offline=True)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        resolve_model_dir(str(tmp_path / "a-file"), offline=True)

@@ -60,6 +60,11 @@ def resolve_model_dir(
     local = Path(model).expanduser()
     if local.is_dir():
         return local.resolve()
+    if model.startswith(("/", "./", "../", "~")):
+        # A path, not a hub id: say so, instead of the hub client's "Repo id must be in the
+        # form 'repo_name' or 'namespace/repo_name'".
+        what = "is not a folder" if local.exists() else "does not exist"
+        raise FileNotFoundError(f"model folder {model} {what}")
     from huggingface_hub import snapshot_download
 
     return Path(
