@@ -80,6 +80,11 @@ _KEYS_RULE = {
     "message": "keys must be an optional DNS prefix and '/', then 1-63 letters, digits, '-', "
     "'_' or '.' that start and end with a letter or digit",
 }
+# An object name (PVC, Secret, PriorityClass): a DNS subdomain, as the apiserver checks it.
+_OBJECT_NAME = {
+    "type": "string", "minLength": 1, "maxLength": 253,
+    "pattern": f"^{_DNS_PREFIX}$",
+}  # fmt: skip
 _KEY_MAP = {**_STRING_MAP, "maxProperties": 64, "x-kubernetes-validations": [_KEYS_RULE]}
 _LABEL_MAP = {
     **_KEY_MAP,
@@ -97,7 +102,7 @@ def _model() -> Schema:
             "dtype": _str(enum=["auto", "bfloat16", "float16", "float32"], default="auto"),
             "cache": _obj(
                 {
-                    "pvc": _str(minLength=1, description="Existing PVC holding the hub cache."),
+                    "pvc": {**_OBJECT_NAME, "description": "Existing PVC holding the hub cache."},
                     "emptyDirSizeLimit": {**_QUANTITY, "default": "50Gi"},
                 },
                 description="Where model files are cached (mounted at /models).",
@@ -269,7 +274,7 @@ def spec_schema() -> Schema:
             "nodeSelector": {**_LABEL_MAP, "description": "Label values: up to 63 characters."},
             "tolerations": {"type": "array", "items": _toleration()},
             "affinity": _FREEFORM,
-            "priorityClassName": _str(),
+            "priorityClassName": _OBJECT_NAME,
             "podLabels": {
                 **_LABEL_MAP,
                 "description": "Added to the worker pods; values: up to 63 characters.",
@@ -285,7 +290,12 @@ def spec_schema() -> Schema:
                 default={},
             ),
             "apiKeySecretRef": _obj(
-                {"name": _str(minLength=1), "key": _str(minLength=1, default="api-key")},
+                {
+                    "name": _OBJECT_NAME,
+                    "key": _str(
+                        minLength=1, maxLength=253, pattern="^[-._a-zA-Z0-9]+$", default="api-key"
+                    ),
+                },
                 required=["name"],
                 description="Secret holding the bearer key clients must send.",
             ),
