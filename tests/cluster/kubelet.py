@@ -44,6 +44,8 @@ class RunningPod:
     restarts: int = 0
     probe_failures: int = 0
     died_at: float | None = None
+    kill_reason: str | None = None  # why the next death happens, when the kubelet caused it
+    last_exit: dict[str, Any] | None = None  # lastState.terminated, as a kubelet reports it
     history: list[str] = field(default_factory=list)
 
     @property
@@ -121,10 +123,13 @@ class LoopbackKubelet:
         ]
 
     def kill(self, pod_name: str) -> None:
-        """SIGKILL the pod's process, as an OOM kill would: the kubelet restarts it."""
+        """SIGKILL the pod's process, as the kernel's OOM killer would: the kubelet reports
+        CrashLoopBackOff with the last exit OOMKilled (137) while it backs off, then restarts
+        it."""
         with self._lock:
             pod = next(p for p in self.pods.values() if p.name == pod_name)
             assert pod.process is not None
+            pod.kill_reason = "OOMKilled"
             pod.process.kill()
 
     def signal(self, pod_name: str, number: signal.Signals) -> None:
@@ -240,11 +245,24 @@ class LoopbackKubelet:
         if pod.process.poll() is not None:
             if pod.died_at is None:
                 pod.died_at = time.monotonic()
-                pod.history.append(f"exited {pod.process.returncode}")
-                self._set_ready(pod, False)
+                code = pod.process.returncode
+                pod.history.append(f"exited {code}")
+                pod.last_exit = {
+                    "exitCode": 128 - code if code < 0 else code,  # killed by signal N: 128+N
+                    "reason": pod.kill_reason or ("Completed" if code == 0 else "Error"),
+                    "startedAt": _now(), "finishedAt": _now(),
+                }  # fmt: skip
+                pod.kill_reason = None
+                back_off = (
+                    f"back-off {RESTART_BACKOFF_SECONDS:g}s restarting failed container=worker "
+                    f"pod={pod.name}"
+                )
+                self._set_ready(pod, False, waiting={"reason": "CrashLoopBackOff",
+                                                     "message": back_off})  # fmt: skip
             elif time.monotonic() - pod.died_at >= RESTART_BACKOFF_SECONDS:
                 pod.restarts += 1
                 self._start(pod)
+                self._set_ready(pod, False)  # running again (not ready yet), no longer waiting
             return
         # As a kubelet does: Ready after one success, NotReady only after the probe's
         # failureThreshold consecutive failures (one slow probe on a busy machine is not one).
@@ -254,22 +272,27 @@ class LoopbackKubelet:
         if ready != pod.ready:
             self._set_ready(pod, ready)
 
-    def _set_ready(self, pod: RunningPod, ready: bool) -> None:
+    def _set_ready(
+        self, pod: RunningPod, ready: bool, *, waiting: dict[str, str] | None = None
+    ) -> None:
         value = "True" if ready else "False"
         now = _now()
+        state = {"waiting": waiting} if waiting else {"running": {"startedAt": now}}
+        container: dict[str, Any] = {
+            "name": "worker", "ready": ready, "restartCount": pod.restarts,
+            "started": waiting is None, "image": "", "imageID": "", "state": state,
+        }  # fmt: skip
+        if pod.last_exit is not None:
+            container["lastState"] = {"terminated": pod.last_exit}
         body = {
             "status": {
                 "conditions": [
                     {"type": "Ready", "status": value, "lastTransitionTime": now},
                     {"type": "ContainersReady", "status": value, "lastTransitionTime": now},
                 ],
-                "containerStatuses": [
-                    {"name": "worker", "ready": ready, "restartCount": pod.restarts,
-                     "started": True, "image": "", "imageID": "",
-                     "state": {"running": {"startedAt": now}}}
-                ],
+                "containerStatuses": [container],
             }
-        }  # fmt: skip
+        }
         try:
             self.core.patch_namespaced_pod_status(
                 pod.name, self.namespace, body,

@@ -339,3 +339,44 @@ def test_a_frozen_worker_holds_the_fleet_and_loses_no_request(
         finally:
             assert operator.stop() == 0
     assert "Traceback" not in operator.log(), operator.log()[-4000:]
+
+
+def test_an_oom_killed_worker_shows_in_status_and_recovers(
+    cluster: LocalCluster, namespace: str, tmp_path: Path
+) -> None:
+    """A worker killed as the OOM killer kills: while the kubelet backs off, the Ready reason
+    (the Reason column of `kubectl get embsvc`) says OOMKilled, the crash loop's last exit and
+    not only "CrashLoopBackOff"; a Warning event says it too; once the restarted worker is
+    Ready, so is the service."""
+    install_crds(cluster)
+    create_peering(cluster, namespace)
+    custom = kubernetes.client.CustomObjectsApi(cluster.api_client())
+    body = real_worker_service("oom", model={"name": str(minilm_dir())})
+    operator, _ = start_operator(cluster, namespace, tmp_path / "operator.log", "operator-0")
+    kubelet = LoopbackKubelet(cluster.api_client(), namespace, tmp_path / "pods")
+    with kubelet:
+        try:
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+            wait_until(
+                lambda: ready_condition(cluster, namespace, "oom").get("status") == "True", 180,
+                "the service Ready",
+            )  # fmt: skip
+            victim = kubelet.running()[0]
+            kubelet.kill(victim.name)
+            killed = time.monotonic()
+            wait_until(
+                lambda: ready_condition(cluster, namespace, "oom").get("reason") == "OOMKilled",
+                RESYNC_S, "OOMKilled in status",
+            )  # fmt: skip
+            took = time.monotonic() - killed
+            message = ready_condition(cluster, namespace, "oom")["message"]
+            print(f"OOMKilled {took:.1f}s after the kill: {message}")
+            assert "exit code 137" in message, message
+            shown_within_a_resync(cluster, namespace, "OOMKilled", took, "the kill")
+            wait_until(
+                lambda: ready_condition(cluster, namespace, "oom").get("status") == "True", 180,
+                "the service Ready again after the restart",
+            )  # fmt: skip
+            assert victim.restarts == 1, victim.history
+        finally:
+            assert operator.stop() == 0
