@@ -63,7 +63,8 @@ images:
 	  echo "make images: neither docker nor podman is on PATH. On a machine with one, run:"; \
 	  for image in $(IMAGES); do \
 	    echo "  docker build -f Dockerfile.$$image -t $(REGISTRY)/$$image:$(TAG) ."; done; \
-	  echo "  (then docker push each; podman takes the same arguments)"; exit 1; fi
+	  for image in $(IMAGES); do echo "  docker push $(REGISTRY)/$$image:$(TAG)"; done; \
+	  echo "(podman takes the same arguments)"; exit 1; fi
 	@for image in $(IMAGES); do \
 	  $(CONTAINER_TOOL) build -f Dockerfile.$$image -t $(REGISTRY)/$$image:$(TAG) . || exit 1; done
 

@@ -86,7 +86,14 @@ class Autoscaler:
         self._metrics.scrapes.labels(*labels).inc(len(targets))
         if scrape.failures:
             self._metrics.scrape_failures.labels(*labels).inc(len(scrape.failures))
-        observation = Observation(current_replicas=current, ready_pods=scrape.pods)
+        ready = {t.name for t in targets}
+        unready = tuple(
+            p["metadata"]["name"] for p in pods
+            if p["metadata"]["name"] not in ready and not p["metadata"].get("deletionTimestamp")
+        )  # fmt: skip
+        observation = Observation(
+            current_replicas=current, ready_pods=scrape.pods, unready_pods=unready
+        )
         scaling = ScalingSpec.from_resource(spec, tick_seconds=self._tick)
         decision = decide(observation, scaling, state.history, now)
         state.history = remember(state.history, observation, decision, scaling, now)

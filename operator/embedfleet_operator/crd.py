@@ -196,8 +196,9 @@ def _autoscaling() -> Schema:
                 0,
                 86400,
                 default=120,
-                description="With minReplicas 0: no traffic this long scales to zero. Above "
-                "zero an idle fleet comes down through the stabilisation window.",
+                description="With minReplicas 0: no traffic this long, and at least the "
+                "stabilisation window, scales to zero. Above zero an idle fleet comes down "
+                "through the stabilisation window.",
             ),
             "scaleDownStabilizationSeconds": _int(
                 0,
@@ -227,7 +228,7 @@ def _toleration() -> Schema:
     """core/v1 Toleration, checked here so a typo is refused on the EmbeddingService."""
     return _obj(
         {
-            "key": _str(),
+            "key": _str(maxLength=317, pattern=f"^(({_DNS_PREFIX}/)?{_LABEL_NAME})?$"),
             "operator": _str(enum=["Exists", "Equal"]),
             "value": _str(),
             "effect": _str(enum=["", "NoSchedule", "PreferNoSchedule", "NoExecute"]),
@@ -238,7 +239,17 @@ def _toleration() -> Schema:
                 "rule": "!has(self.operator) || self.operator != 'Exists' || "
                 "!has(self.value) || self.value == ''",
                 "message": "a toleration with operator Exists takes no value",
-            }
+            },
+            {
+                "rule": "(has(self.key) && self.key != '') || "
+                "(has(self.operator) && self.operator == 'Exists')",
+                "message": "a toleration without a key needs operator Exists",
+            },
+            {
+                "rule": "!has(self.tolerationSeconds) || (has(self.effect) && "
+                "self.effect == 'NoExecute')",
+                "message": "tolerationSeconds needs effect NoExecute",
+            },
         ],
     )
 
@@ -366,8 +377,10 @@ def _columns() -> list[Schema]:
     return [
         column("Model", "string", ".spec.model.name"),
         column("Ready", "string", ready + ".status"),
-        # Why not ready, in one word (ImagePullBackOff, OOMKilled, ModelLoadFailed, ...).
+        # Why not ready, in one word (ImagePullBackOff, OOMKilled, ModelLoadFailed, ...), and
+        # what fails while others serve (Degraded's reason; AsExpected when nothing does).
         column("Reason", "string", ready + ".reason"),
+        column("Degraded", "string", '.status.conditions[?(@.type=="Degraded")].reason'),
         column("Replicas", "integer", ".status.replicas"),
         column("Desired", "integer", ".status.desiredReplicas"),
         column("Util%", "number", ".status.metrics.utilizationPercent"),

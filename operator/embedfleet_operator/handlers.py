@@ -25,7 +25,6 @@ from embedfleet_operator.kube import REPLICAS_MANAGER, Kube
 from embedfleet_operator.observer import load_failures
 from embedfleet_operator.operator_metrics import OperatorMetrics
 from embedfleet_operator.refusals import (
-    PERMANENT_RETRY_SECONDS,
     Refusal,
     refusal_message,
     refused,
@@ -314,33 +313,41 @@ async def _apply_workers(service: dict[str, Any]) -> Problem | None:
         else:
             await kube.apply(pdb)
     except ApiException as error:
-        message = refusal_message(error.status, error.reason, error.body)
-        refusal = refused(refusal, generation=generation, status=error.status, message=message,
-                          now=now)  # fmt: skip
+        status = int(error.status or 0)
+        message = refusal_message(status, error.reason, error.body)
+        refusal = refused(refusal, generation=generation, status=status, message=message, now=now)
         if refusal is None:
             _refusals.pop(uid, None)
         else:
             _refusals[uid] = refusal
         if refusal is None or not refusal.permanent:
-            raise kopf.TemporaryError(f"{message}; retrying", delay=5) from error
+            raise  # a moment's refusal: retried every second like an outage (_retrying)
         log.warning("%s/%s generation %d: %s; not retried before the spec changes (or %gs)",
                     meta["namespace"], meta["name"], generation, message,
-                    PERMANENT_RETRY_SECONDS)  # fmt: skip
+                    refusal.retry_at - now)  # fmt: skip
         return refusal.problem
     _refusals.pop(uid, None)
     return None
 
 
 def _announce(service: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> None:
-    """A Kubernetes Event when readiness or degradation flips, so `kubectl describe` and
-    `kubectl get events` tell the story (why workers fail, and when they recover)."""
-    old = {c["type"]: c["status"] for c in before.get("conditions", []) or []}
+    """A Kubernetes Event when readiness or degradation flips, or Degraded names a new cause,
+    so `kubectl describe` and `kubectl get events` tell the story (why workers fail, and when
+    they recover)."""
+    old = {c["type"]: (c["status"], c.get("reason")) for c in before.get("conditions", []) or []}
     healthy = {"Ready": "True", "Degraded": "False"}
     # A first Ready is news either way; a first Degraded only when it is True.
-    unset = {"Ready": None, "Degraded": "False"}
+    unset = {"Ready": (None, None), "Degraded": ("False", None)}
     for condition in after["conditions"]:
         kind = condition["type"]
-        if kind in healthy and old.get(kind, unset[kind]) != condition["status"]:
+        if kind not in healthy:
+            continue
+        status, reason = old.get(kind, unset[kind])
+        # A new cause while still Degraded (Unschedulable, then OOMKilled) is news too.
+        new_cause = (
+            kind == "Degraded" and condition["status"] == "True" and reason != condition["reason"]
+        )
+        if status != condition["status"] or new_cause:
             kopf.event(
                 cast(Any, service),
                 type="Normal" if condition["status"] == healthy[kind] else "Warning",

@@ -13,6 +13,11 @@ from typing import Any
 from embedfleet_operator.crd import AUTOSCALING_DEFAULTS
 
 METRIC_WINDOW_TICKS = 4  # the targets' averaging window: 60 s at the default 15 s tick
+# A pod that was ready this recently and is not now (frozen, restarting after a crash) holds
+# scale-downs: its clients' load is unknown. Longer than a frozen pod takes to be restarted by
+# its liveness probe (60 s) and to load again; a pod never ready (Pending, a pull that fails)
+# holds nothing, so a fleet that cannot grow still comes down.
+LOST_POD_HOLD_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class PodObservation:
 class Observation:
     current_replicas: int  # the Deployment's spec.replicas
     ready_pods: tuple[PodObservation, ...]  # pods ready in the Service's EndpointSlices
+    unready_pods: tuple[str, ...] = ()  # names of the other pods, not terminating
 
     @property
     def reporting(self) -> list[PodMetrics]:
@@ -130,6 +136,7 @@ class History:
     started: float | None = None  # the first tick this history saw (None: this is the first)
     # (time, fleet totals: one per target rule, and the queue) of the ticks in the metric window
     totals: tuple[tuple[float, tuple[tuple[str, float], ...]], ...] = ()
+    last_ready: tuple[tuple[str, float], ...] = ()  # (pod, when last seen ready), for the hold
 
 
 @dataclass(frozen=True)
@@ -293,18 +300,26 @@ def _recommend_for_queue(
     )  # fmt: skip
 
 
+def _lost(observation: Observation, history: History, now: float) -> list[str]:
+    """Pods not ready now that were ready within LOST_POD_HOLD_SECONDS."""
+    recent = {name for name, when in history.last_ready if now - when < LOST_POD_HOLD_SECONDS}
+    return [name for name in observation.unready_pods if name in recent]
+
+
 def _is_idle(observation: Observation, spec: ScalingSpec, history: History, now: float) -> bool:
     """No request for the idle timeout, with minReplicas 0: the only way to zero. Above zero
     the targets' scale-down, with its stabilisation window, takes an idle fleet down, so a
     gap in traffic a little longer than the timeout does not meet a single pod on return."""
-    if spec.min_replicas > 0 or observation.missing or observation.starting:
+    if spec.min_replicas > 0 or observation.missing or not observation.ready_pods:
         return False  # unknown load is never taken for no load
-    if not observation.ready_pods:
+    if _lost(observation, history, now):
         return False
     if any(m.active for m in observation.reporting):
         return False
     since = history.last_activity if history.last_activity is not None else now
-    return now - since >= spec.idle_timeout_seconds
+    # Idle for the timeout and for the stabilisation window too: zero is the one scale-down
+    # a returning request pays a cold start for, so it waits at least as long as any other.
+    return now - since >= max(spec.idle_timeout_seconds, spec.stabilization_seconds)
 
 
 def _bounds(wish: int, spec: ScalingSpec) -> tuple[int, str]:
@@ -330,7 +345,8 @@ def decide(observation: Observation, spec: ScalingSpec, history: History, now: f
     if _is_idle(observation, spec, history, now):
         return Decision(
             spec.min_replicas, "Idle",
-            f"no requests for {spec.idle_timeout_seconds:g}s; going to minReplicas",
+            f"no requests for {max(spec.idle_timeout_seconds, spec.stabilization_seconds):g}s "
+            f"(idle timeout, at least the stabilisation window); going to minReplicas",
             spec.min_replicas, limited=True, metrics=metrics,
         )  # fmt: skip
     candidates = [
@@ -350,14 +366,14 @@ def decide(observation: Observation, spec: ScalingSpec, history: History, now: f
     elif observation.missing and best.replicas <= current:
         names = ", ".join(observation.missing)
         best = _Recommendation(current, "MetricsMissing", f"no fresh metrics from {names}; holding")
-    elif observation.starting and best.replicas < current:
-        # A replica that is not ready (starting, frozen, crash-looping) may hold load no
-        # metric shows: clients stuck on a frozen pod leave the others idle. As HPA does with
-        # a pod it cannot measure, a scale-down takes it as busy: hold.
+    elif (lost := _lost(observation, history, now)) and best.replicas < current:
+        # A pod that was serving and is not ready now (frozen, restarting after a crash) may
+        # hold load no metric shows: clients stuck on a frozen pod leave the others idle. Like
+        # an unmeasured pod, it is not taken for an idle one.
         best = _Recommendation(
             current, "ReplicasNotReady",
-            f"{observation.starting} of {current} replicas not ready, their load unknown; "
-            f"holding (wanted {best.replicas}: {best.reason})",
+            f"{', '.join(lost)} not ready since serving, load unknown; holding "
+            f"(wanted {best.replicas}: {best.reason})",
         )  # fmt: skip
     recommendation, clamp_note = _bounds(best.replicas, spec)
     replicas, reason, message = recommendation, best.reason, best.message + clamp_note
@@ -406,18 +422,26 @@ def remember(
     scale_ups = tuple((w, r) for w, r in history.scale_ups if now - w < spec.tick_seconds)
     if decision.replicas > observation.current_replicas:
         scale_ups += ((now, observation.current_replicas),)
-    # Unmeasured and unready replicas count as activity: idle starts once all are seen idle.
+    # Unmeasured pods and pods that stopped serving count as activity: idle starts once all
+    # are seen idle.
     active = (
         any(m.active for m in observation.reporting)
         or bool(observation.missing)
-        or observation.starting > 0
+        or bool(_lost(observation, history, now))
     )
+    seen = {p.name: now for p in observation.ready_pods}
+    last_ready = (
+        *((n, w) for n, w in history.last_ready
+          if n not in seen and now - w < LOST_POD_HOLD_SECONDS),
+        *seen.items(),
+    )  # fmt: skip
     last_activity = now if active or history.last_activity is None else history.last_activity
     return History(
         recommendations=recommendations,
         scale_ups=scale_ups,
         last_activity=last_activity,
         started=history.started if history.started is not None else now,
+        last_ready=last_ready,
         totals=(
             *((when, t) for when, t in history.totals if now - when < spec.metric_window_seconds),
             *(((now, tuple(_fleet_totals(observation).items())),) if observation.reporting else ()),

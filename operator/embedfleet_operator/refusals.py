@@ -2,13 +2,15 @@
 for the next spec change) and which are a moment's (retry soon). Pure: the caller passes the
 HTTP status, the spec's generation and `now` (a monotonic clock).
 
-A 4xx other than a conflict or throttling is an answer about this spec: retrying it only
+A conflict, throttling or a gateway or apiserver that is not ready (409, 429, 502-504) is a
+moment's: retried like an outage. Another 4xx is an answer about this spec: retrying it only
 hammers the apiserver. A 500 usually is a moment's trouble, but one that repeats for the same
 generation is not (an admission webhook that is down, a spec the apiserver cannot decode):
-after REPEATS_BEFORE_PERMANENT of them the generation counts as refused too. A refused
-generation is tried again only every PERMANENT_RETRY_SECONDS, as Kubernetes' own controllers
-cap their backoff, so a fix outside the spec (a quota raised, a webhook back) is still picked
-up without an edit; a new generation is applied at once."""
+after REPEATS_BEFORE_PERMANENT of them the generation counts as refused too, and is tried
+again after a backoff that doubles from FIRST_RETRY_SECONDS. A refused generation is tried
+again at the latest every PERMANENT_RETRY_SECONDS, as Kubernetes' own controllers cap their
+backoff, so a fix outside the spec (a quota raised, a webhook back) is picked up without an
+edit; a new generation is applied at once."""
 
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ from dataclasses import dataclass
 from embedfleet_operator.status import Problem
 
 REPEATS_BEFORE_PERMANENT = 3
+FIRST_RETRY_SECONDS = 15.0  # a 500 that repeated: tried again after this, then doubling
 PERMANENT_RETRY_SECONDS = 600.0
-TRANSIENT_STATUSES = frozenset({409, 429})  # a concurrent write, throttling: always retry
+TRANSIENT_STATUSES = frozenset({409, 429, 502, 503, 504})  # always retried, like an outage
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,11 @@ def refused(
         return None
     same = previous is not None and previous.generation == generation
     count = previous.count + 1 if same and previous is not None else 1
-    permanent = status < 500 or count >= REPEATS_BEFORE_PERMANENT
-    return Refusal(generation, status, message, count, permanent, now + PERMANENT_RETRY_SECONDS)
+    if status != 500:
+        return Refusal(generation, status, message, count, True, now + PERMANENT_RETRY_SECONDS)
+    repeats = count - REPEATS_BEFORE_PERMANENT
+    delay = min(PERMANENT_RETRY_SECONDS, FIRST_RETRY_SECONDS * 2 ** max(0, repeats))
+    return Refusal(generation, status, message, count, repeats >= 0, now + delay)
 
 
 def should_apply(refusal: Refusal | None, *, generation: int, now: float) -> bool:

@@ -65,12 +65,16 @@ def pod_problem(pods: list[Manifest]) -> Problem | None:
                 return Problem("Unschedulable", f"pod {name} cannot be scheduled: {reason}")
         for status in pod.get("status", {}).get("containerStatuses", []) or []:
             waiting = (status.get("state") or {}).get("waiting")
+            ended = (status.get("lastState") or {}).get("terminated") or {}
             if waiting and waiting.get("reason") not in (None, "ContainerCreating"):
                 detail = f"{waiting['reason']} {waiting.get('message', '')}".strip()
-                ended = (status.get("lastState") or {}).get("terminated") or {}
                 # A crash loop of OOM kills is a memory limit to raise, not a crash to debug.
                 reason = "OOMKilled" if ended.get("reason") == "OOMKilled" else waiting["reason"]
                 return Problem(reason, f"pod {name}: {detail}{_last_exit(status)}")
+            if not status.get("ready") and ended.get("reason") == "OOMKilled":
+                # A kubelet restarts a first crash at once: running again, not ready, and
+                # only lastState says what happened.
+                return Problem("OOMKilled", f"pod {name} restarted{_last_exit(status)}")
     return None
 
 

@@ -145,9 +145,13 @@ def test_make_images_builds_and_pushes_what_the_chart_pulls() -> None:
     ]
     without = run([*make, "CONTAINER_TOOL=", "images"], check=False)
     assert without.returncode != 0
-    assert f"docker build -f Dockerfile.worker -t {registry}/worker:{APP_VERSION} ." in (
-        without.stdout
-    ), without.stdout
+    for command in (
+        f"docker build -f Dockerfile.worker -t {registry}/worker:{APP_VERSION} .",
+        f"docker build -f Dockerfile.operator -t {registry}/operator:{APP_VERSION} .",
+        f"docker push {registry}/worker:{APP_VERSION}",
+        f"docker push {registry}/operator:{APP_VERSION}",
+    ):
+        assert command in without.stdout, without.stdout
     assert f"ghcr.io/embedfleet/worker:{APP_VERSION}" == DEFAULT_WORKER_IMAGE
 
 

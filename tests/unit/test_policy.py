@@ -38,10 +38,11 @@ def load(
     )
 
 
-def fleet(current: int, *pods: PodMetrics | None) -> Observation:
+def fleet(current: int, *pods: PodMetrics | None, unready: tuple[str, ...] = ()) -> Observation:
     return Observation(
         current_replicas=current,
         ready_pods=tuple(PodObservation(f"w-{i}", m) for i, m in enumerate(pods)),
+        unready_pods=unready,
     )
 
 
@@ -162,8 +163,18 @@ CASES = [
     Case("idle for the timeout with minReplicas 0 goes to zero",
          ScalingSpec(min_replicas=0, max_replicas=8, target_utilization_percent=65),
          fleet(6, *[load(0)] * 6), 0, "Idle",
-         history=past(last_activity=NOW - 121, recommendations=((NOW - 10, 6),)),
+         history=past(last_activity=NOW - 301, recommendations=((NOW - 10, 6),)),
          limited=True),
+    Case("idle for the timeout but not the stabilisation window holds",
+         ScalingSpec(min_replicas=0, max_replicas=8, target_utilization_percent=65,
+                     idle_timeout_seconds=120, stabilization_seconds=300),
+         fleet(6, *[load(0)] * 6), 6, "ScaleDownStabilized",
+         history=past(last_activity=NOW - 200, recommendations=((NOW - 10, 6),))),
+    Case("idle for the timeout when it is the longer of the two goes to zero",
+         ScalingSpec(min_replicas=0, max_replicas=8, target_utilization_percent=65,
+                     idle_timeout_seconds=600, stabilization_seconds=60),
+         fleet(2, load(0), load(0)), 0, "Idle",
+         history=past(last_activity=NOW - 600), limited=True),
     Case("idle with minReplicas 1 comes down through the window, not straight", UTIL,
          fleet(6, *[load(0)] * 6), 6, "ScaleDownStabilized",
          history=past(last_activity=NOW - 1000, recommendations=((NOW - 10, 6),))),
@@ -183,18 +194,28 @@ CASES = [
          fleet(3, None, None, None), 3, "MetricsMissing"),
     Case("missing metrics do not stop a scale-up (the unmeasured pod counts as zero)", RPS,
          fleet(3, load(rps=20), None, load(rps=20)), 4, "RequestsPerSecondAboveTarget"),
-    # Replicas not ready (starting, frozen, crash-looping) may hold load no metric shows.
-    Case("a replica not ready blocks a scale-down", UTIL,
-         fleet(3, load(5), load(5)), 3, "ReplicasNotReady", history=past(last_activity=NOW)),
-    Case("a replica not ready does not stop a scale-up", UTIL,
-         fleet(3, load(150), load(150)), 5, "UtilizationAboveTarget"),
-    Case("idle needs every replica ready",
+    # A pod that was serving and is not ready now (frozen, restarting) may hold load no
+    # metric shows; one never ready (Pending, an image that cannot be pulled) holds nothing.
+    Case("a pod that stopped serving blocks a scale-down", UTIL,
+         fleet(3, load(5), load(5), unready=("w-9",)), 3, "ReplicasNotReady",
+         history=past(last_activity=NOW, last_ready=(("w-9", NOW - 20),))),
+    Case("a pod never ready blocks nothing", UTIL,
+         fleet(3, load(5), load(5), unready=("w-9",)), 1, "UtilizationBelowTarget",
+         history=past(last_activity=NOW), limited=True),
+    Case("a pod ready long ago blocks nothing", UTIL,
+         fleet(3, load(5), load(5), unready=("w-9",)), 1, "UtilizationBelowTarget",
+         history=past(last_activity=NOW, last_ready=(("w-9", NOW - 601),)), limited=True),
+    Case("a pod that stopped serving does not stop a scale-up", UTIL,
+         fleet(3, load(150), load(150), unready=("w-9",)), 5, "UtilizationAboveTarget",
+         history=past(last_activity=NOW, last_ready=(("w-9", NOW - 20),))),
+    Case("idle needs every pod that served ready again",
          ScalingSpec(min_replicas=0, max_replicas=8, target_utilization_percent=65),
-         fleet(3, load(0), load(0)), 3, "ReplicasNotReady",
-         history=past(last_activity=NOW - 1000)),
-    Case("a fleet above maxReplicas still comes down to it with a replica not ready",
+         fleet(3, load(0), load(0), unready=("w-9",)), 3, "ReplicasNotReady",
+         history=past(last_activity=NOW - 1000, last_ready=(("w-9", NOW - 20),))),
+    Case("a fleet above maxReplicas still comes down to it with a pod not ready",
          ScalingSpec(min_replicas=1, max_replicas=2, target_utilization_percent=65),
-         fleet(4, load(5), load(5)), 2, "ReplicasNotReady", limited=True),
+         fleet(4, load(5), load(5), unready=("w-9",)), 2, "ReplicasNotReady", limited=True,
+         history=past(last_activity=NOW, last_ready=(("w-9", NOW - 20),))),
     # Clamp.
     Case("clamped at maxReplicas", ScalingSpec(min_replicas=1, max_replicas=4,
          target_utilization_percent=65), fleet(3, load(100), load(100), load(100)),
@@ -248,10 +269,11 @@ def test_remember_activity_comes_from_requests_and_queues_not_silence() -> None:
     history = remember(History(last_activity=NOW - 50), quiet, decide(quiet, spec, BUSY, NOW),
                        spec, NOW)  # fmt: skip
     assert history.last_activity == NOW - 50
-    one_not_ready = fleet(2, load(0))
-    history = remember(History(last_activity=NOW - 50), one_not_ready,
-                       decide(one_not_ready, spec, BUSY, NOW), spec, NOW)  # fmt: skip
+    before = History(last_activity=NOW - 50, last_ready=(("w-1", NOW - 30),))
+    stopped = fleet(2, load(0), unready=("w-1",))
+    history = remember(before, stopped, decide(stopped, spec, before, NOW), spec, NOW)
     assert history.last_activity == NOW  # its load is unknown: idle starts once it is ready
+    assert dict(history.last_ready) == {"w-0": NOW, "w-1": NOW - 30}
     unmeasured = fleet(1, None)
     history = remember(history, unmeasured, decide(unmeasured, spec, history, NOW), spec, NOW)
     assert history.last_activity == NOW  # unknown load is treated as activity

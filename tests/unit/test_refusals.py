@@ -47,9 +47,21 @@ def test_which_refusals_are_the_specs(
     )
 
 
-@pytest.mark.parametrize("status", [409, 429])
-def test_a_conflict_or_throttling_is_always_retried(status: int) -> None:
+@pytest.mark.parametrize("status", [409, 429, 502, 503, 504])
+def test_a_conflict_throttling_or_an_apiserver_not_ready_is_always_retried(status: int) -> None:
     assert refuse_in_a_row([500, status], [1, 1]) is None
+
+
+def test_a_repeated_500_is_tried_again_after_a_doubling_backoff() -> None:
+    delays = []
+    for count in range(REPEATS_BEFORE_PERMANENT, REPEATS_BEFORE_PERMANENT + 8):
+        record = refuse_in_a_row([500] * count, [1] * count)
+        assert record is not None
+        delays.append(record.retry_at - 100.0)
+    assert delays == [15.0, 30.0, 60.0, 120.0, 240.0, 480.0, 600.0, 600.0]
+    record = refuse_in_a_row([422], [1])
+    assert record is not None
+    assert record.retry_at - 100.0 == PERMANENT_RETRY_SECONDS
 
 
 @pytest.mark.parametrize(
@@ -60,6 +72,8 @@ def test_a_conflict_or_throttling_is_always_retried(status: int) -> None:
         (refuse_in_a_row([422], [1]), 1, 101.0, False),  # refused for good: wait
         (refuse_in_a_row([422], [1]), 2, 101.0, True),  # ... for a new spec
         (refuse_in_a_row([422], [1]), 1, 100.0 + PERMANENT_RETRY_SECONDS, True),  # or long after
+        (refuse_in_a_row([500] * 3, [1] * 3), 1, 114.0, False),  # a repeated 500: backing off
+        (refuse_in_a_row([500] * 3, [1] * 3), 1, 115.0, True),
     ],
 )  # fmt: skip
 def test_should_apply(record: Refusal | None, generation: int, now: float, apply: bool) -> None:

@@ -117,6 +117,13 @@ def test_compute_conditions(
           "pod w-3: CrashLoopBackOff back-off 40s; last exit: Error, exit code 1: "
           "model not found")),
         (pull_refused("w-4"), ("ImagePullBackOff", "pod w-4: ImagePullBackOff no such image")),
+        ({"metadata": {"name": "w-6"}, "status": {"containerStatuses": [
+            {"ready": False, "state": {"running": {}},
+             "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}},
+         ("OOMKilled", "pod w-6 restarted; last exit: OOMKilled, exit code 137")),
+        ({"metadata": {"name": "w-7"}, "status": {"containerStatuses": [
+            {"ready": True, "state": {"running": {}},
+             "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}}, None),
         ({"metadata": {"name": "w-5"}, "status": {"containerStatuses": [
             {"state": {"waiting": {"reason": "ContainerCreating"}}}]}}, None),
     ],
