@@ -5,18 +5,13 @@ the fleet must have; the simulator creates or removes pods to match at once."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from bench._sim_cluster import Cluster, SimConfig
-from embedfleet_operator.policy import (
-    History,
-    Observation,
-    PodMetrics,
-    PodObservation,
-    ScalingSpec,
-    decide,
-    remember,
-)
+from embedfleet_operator.fleet import Observation, PodMetrics, PodObservation
+from embedfleet_operator.policy import History, ScalingSpec, decide, remember
+from embedfleet_operator.spec import EmbeddingServiceSpec, ModelSpec
 
 
 class Autoscaler:
@@ -61,14 +56,15 @@ class Embedfleet(Autoscaler):
         self.scrape_lag = scrape_lag
         self.per_second = scrape_lag > 0  # observe() takes the scrape `scrape_lag` s early
         self.scrape: tuple[PodObservation, ...] = ()
-        self.spec = ScalingSpec(
+        # The CRD's defaults (spec.py) for everything the simulation does not vary.
+        defaults = ScalingSpec.from_spec(
+            EmbeddingServiceSpec(model=ModelSpec(name="simulated")), tick_seconds=float(tick)
+        )
+        self.spec = dataclasses.replace(
+            defaults,
             min_replicas=config.min_replicas,
             max_replicas=config.max_replicas,
             target_utilization_percent=config.target_percent,
-            idle_timeout_seconds=120.0,
-            stabilization_seconds=300.0,
-            tick_seconds=float(tick),
-            queue_threshold_tokens=16384.0,
         )
         self.history = History()
         self.scraped: dict[int, float] = {}  # pod -> served tokens at the last scrape

@@ -10,8 +10,10 @@ same single WARNING."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -19,6 +21,9 @@ from kubernetes_asyncio.client.exceptions import ApiException
 log = logging.getLogger("embedfleet.operator")
 
 RETRY_SECONDS = 1.0
+# A handler retrying through an outage gives up after this long; the next tick or resync picks
+# the work up (kopf runs nothing else for that resource while a handler runs).
+RETRY_FOR_SECONDS = 60.0
 SETTLE_SECONDS = 30.0  # failures this soon after an outage ended still belong to it
 # Answers that say "not now" rather than "no": a conflict with a concurrent write, throttling,
 # and a server or gateway in trouble (an apiserver starting up answers 500 or 503 for a while).
@@ -62,6 +67,54 @@ class ApiOutage:
         if self.since is not None:
             log.info("the Kubernetes API is reachable again after %.1fs", now - self.since)
             self.since, self.ended = None, now
+
+
+class Retrying:
+    """The one wrapper every handler's work runs in. An object that is gone (404) ends the work
+    quietly: there is nothing left to do for it. An outage or a moment's refusal (409, 429,
+    5xx, a dropped connection) is retried every RETRY_SECONDS with one WARNING per outage,
+    instead of raising into kopf's 60 s backoff and its traceback; past RETRY_FOR_SECONDS it
+    gives up quietly, and the next tick or resync picks the work up. Anything else is a bug or
+    a refusal for good, and raises. `sleep` and `clock` are injectable for tests."""
+
+    def __init__(
+        self,
+        outage: ApiOutage,
+        *,
+        retry_for: float = RETRY_FOR_SECONDS,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.outage, self.retry_for, self._sleep, self._clock = outage, retry_for, sleep, clock
+
+    async def __call__(self, attempt: Callable[[], Awaitable[None]], what: str) -> None:
+        deadline = self._clock() + self.retry_for
+        while True:
+            try:
+                await attempt()
+            except ApiException as error:
+                if error.status == 404:
+                    self.outage.succeeded(self._clock())
+                    return  # deleted while we worked: nothing left to do
+                if not is_transient(error):
+                    raise
+                if not await self._failed(what, error, deadline):
+                    return
+                continue
+            except (aiohttp.ClientError, TimeoutError, ConnectionError) as error:
+                if not await self._failed(what, error, deadline):
+                    return
+                continue
+            self.outage.succeeded(self._clock())
+            return
+
+    async def _failed(self, what: str, error: BaseException, deadline: float) -> bool:
+        """Records the failure; whether to try again (after a pause)."""
+        self.outage.failed(what, error, self._clock())
+        if self._clock() >= deadline:
+            return False
+        await self._sleep(RETRY_SECONDS)
+        return True
 
 
 class KopfRetryFilter(logging.Filter):

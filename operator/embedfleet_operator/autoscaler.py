@@ -1,36 +1,47 @@
-"""One autoscaling tick per EmbeddingService (I/O coordination only): observe the ready
-workers, let the pure policy decide, write replicas through the scale subresource when the
-decision differs, and hand the status fields back. The policy's history lives here, per
-service, in memory; after an operator restart it starts empty, which the policy treats
-conservatively (no rates on the first scrape, the current count seeds the window)."""
+"""One autoscaling tick per EmbeddingService (I/O coordination only): the ready workers from the
+watch-fed cache, their /metrics scraped, the pure policy's decision, replicas written through
+the scale subresource when the decision differs, and the autoscaler's own part of status and
+its Events. The policy's history lives here, per service, in memory; after an operator restart
+it starts empty, which the policy treats conservatively (StartupHold)."""
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 
-from embedfleet_operator.kube import Kube
-from embedfleet_operator.observer import Observer, ready_targets
+from embedfleet_operator.cache import ClusterCache
+from embedfleet_operator.events import Event, EventSink, utc_now
+from embedfleet_operator.fleet import Observation
+from embedfleet_operator.kube import KubeWrites
+from embedfleet_operator.observer import Scraper, ready_targets
 from embedfleet_operator.operator_metrics import OperatorMetrics
-from embedfleet_operator.policy import Decision, History, Observation, ScalingSpec, decide, remember
-from embedfleet_operator.resources import SELECTOR_LABEL
+from embedfleet_operator.policy import Decision, History, ScalingSpec, decide, remember
+from embedfleet_operator.reconcile_plan import unready_pod_names
+from embedfleet_operator.spec import EmbeddingService
+from embedfleet_operator.status import (
+    Condition,
+    autoscaling_status,
+    is_written,
+    schedule_condition,
+)
 
-Manifest = dict[str, Any]
+log = logging.getLogger("embedfleet.operator")
+AUTOSCALER_MANAGER = "embedfleet-autoscaler"  # the autoscaler's part of status
 
 
 @dataclass
 class _ServiceState:
-    observer: Observer
+    scraper: Scraper
     history: History = field(default_factory=History)
 
 
 @dataclass(frozen=True)
 class TickResult:
     decision: Decision | None  # None: autoscaling is off or there is no Deployment yet
-    enabled: bool
     previous_replicas: int | None
     scaled: bool
 
@@ -38,65 +49,81 @@ class TickResult:
 class Autoscaler:
     def __init__(
         self,
-        kube: Kube,
+        kube: KubeWrites,
+        cache: ClusterCache,
         http: httpx.AsyncClient,
         metrics: OperatorMetrics,
+        events: EventSink,
         *,
         tick_seconds: float,
         scrape_timeout_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], str] = utc_now,
     ) -> None:
-        self._kube, self._http, self._metrics = kube, http, metrics
+        self._kube, self._cache, self._http = kube, cache, http
+        self._metrics, self._events = metrics, events
         self._tick = tick_seconds
         self._scrape_timeout = scrape_timeout_seconds
+        self._clock, self._wall_clock = clock, wall_clock
         self._services: dict[str, _ServiceState] = {}
 
-    def forget(self, service: Manifest) -> None:
-        meta = service["metadata"]
-        self._services.pop(meta["uid"], None)
-        self._metrics.forget(meta["namespace"], meta["name"])
+    def forget(self, uid: str, namespace: str, name: str) -> None:
+        self._services.pop(uid, None)
+        self._metrics.forget(namespace, name)
 
-    async def tick(self, service: Manifest) -> TickResult:
-        started = time.monotonic()
+    async def tick(
+        self, service: EmbeddingService, *, late: float = 0.0, skipped: int = 0
+    ) -> TickResult:
+        """One tick; `late` and `skipped` say how this tick kept its schedule (ticks.py)."""
+        started = self._clock()
+        self._metrics.tick_lateness.observe(late)
+        if skipped:
+            self._metrics.ticks_skipped.labels(service.namespace, service.name).inc(skipped)
         try:
-            return await self._tick_once(service, started)
+            result = await self._decide_and_scale(service, started)
         finally:
-            self._metrics.tick_duration.observe(time.monotonic() - started)
+            self._metrics.tick_duration.observe(self._clock() - started)
+        schedule = schedule_condition(late, skipped, self._tick)
+        await self._write_status(service, result, schedule)
+        return result
 
-    async def _tick_once(self, service: Manifest, now: float) -> TickResult:
-        meta, spec = service["metadata"], service["spec"]
-        namespace, name = meta["namespace"], meta["name"]
-        enabled = bool((spec.get("autoscaling") or {}).get("enabled", True))
-        deployment = await self._kube.read_deployment(namespace, name)
-        if not enabled or deployment is None:
-            self._services.pop(meta["uid"], None)
-            return TickResult(None, enabled, None, scaled=False)
-        current = int(deployment.get("spec", {}).get("replicas") or 0)
-        state = self._services.get(meta["uid"])
+    async def _decide_and_scale(self, service: EmbeddingService, now: float) -> TickResult:
+        namespace, name = service.namespace, service.name
+        deployment = self._cache.deployment(namespace, name)
+        if not service.spec.autoscaling.enabled or deployment is None:
+            self._services.pop(service.uid, None)
+            return TickResult(None, None, scaled=False)
+        current = int((deployment.get("spec") or {}).get("replicas") or 0)
+        state = self._services.get(service.uid)
         if state is None:
             # A fresh history: the policy holds the current count until the history spans its
-            # stabilisation window, so a restarted operator never scales down on a first look
-            # (policy.decide, StartupHold; the simulator starts the same way).
-            state = _ServiceState(Observer(self._http, self._scrape_timeout), History())
-            self._services[meta["uid"]] = state
-        slices = await self._kube.list_endpoint_slices(namespace, name)
-        pods = await self._kube.list_pods(namespace, f"{SELECTOR_LABEL}={name}")
-        targets = ready_targets(slices, pods)
-        scrape = await state.observer.scrape(targets, now)
+            # stabilisation window, so a restarted operator never scales down on a first look.
+            state = _ServiceState(Scraper(self._http, self._scrape_timeout))
+            self._services[service.uid] = state
+        pods = self._cache.pods(namespace, name)
+        targets = ready_targets(self._cache.endpoint_slices(namespace, name), pods)
+        scrape = await state.scraper.scrape(targets, now)
         labels = (namespace, name)
         self._metrics.scrapes.labels(*labels).inc(len(targets))
         if scrape.failures:
             self._metrics.scrape_failures.labels(*labels).inc(len(scrape.failures))
-        ready = {t.name for t in targets}
-        unready = tuple(
-            p["metadata"]["name"] for p in pods
-            if p["metadata"]["name"] not in ready and not p["metadata"].get("deletionTimestamp")
-        )  # fmt: skip
         observation = Observation(
-            current_replicas=current, ready_pods=scrape.pods, unready_pods=unready
+            current_replicas=current,
+            ready_pods=scrape.pods,
+            unready_pods=unready_pod_names(pods, {t.name for t in targets}),
         )
-        scaling = ScalingSpec.from_resource(spec, tick_seconds=self._tick)
+        scaling = ScalingSpec.from_spec(service.spec, tick_seconds=self._tick)
         decision = decide(observation, scaling, state.history, now)
         state.history = remember(state.history, observation, decision, scaling, now)
+        self._record(labels, decision, scaling)
+        scaled = decision.replicas != current
+        if scaled:
+            await self._kube.scale(namespace, name, decision.replicas)
+            direction = "up" if decision.replicas > current else "down"
+            self._metrics.scale_events.labels(*labels, direction).inc()
+        return TickResult(decision, current, scaled)
+
+    def _record(self, labels: tuple[str, str], decision: Decision, scaling: ScalingSpec) -> None:
         self._metrics.decisions.labels(*labels, decision.reason).inc()
         self._metrics.desired.labels(*labels).set(decision.replicas)
         self._metrics.min_replicas.labels(*labels).set(scaling.min_replicas)
@@ -105,9 +132,23 @@ class Autoscaler:
             self._metrics.requests.labels(*labels).set(decision.metrics.requests_per_second)
             if decision.metrics.utilization_percent is not None:
                 self._metrics.utilization.labels(*labels).set(decision.metrics.utilization_percent)
-        scaled = decision.replicas != current
-        if scaled:
-            await self._kube.scale(namespace, name, decision.replicas)
-            direction = "up" if decision.replicas > current else "down"
-            self._metrics.scale_events.labels(*labels, direction).inc()
-        return TickResult(decision, enabled, current, scaled)
+
+    async def _write_status(
+        self, service: EmbeddingService, result: TickResult, schedule: Condition
+    ) -> None:
+        decision = result.decision
+        wanted = autoscaling_status(
+            service, decision, enabled=service.spec.autoscaling.enabled, scaled=result.scaled,
+            now=self._wall_clock(), schedule=schedule,
+        )  # fmt: skip
+        if not is_written(service.status, wanted):
+            await self._kube.apply_status(
+                service.namespace, service.name, wanted, manager=AUTOSCALER_MANAGER
+            )
+        if not result.scaled or decision is None:
+            return
+        before = result.previous_replicas or 0
+        direction = "ScaledUp" if decision.replicas > before else "ScaledDown"
+        message = f"{before} -> {decision.replicas} replicas: {decision.reason}: {decision.message}"
+        self._events.post(service, Event("Normal", direction, message))
+        log.info("scaled %s/%s %s", service.namespace, service.name, message)

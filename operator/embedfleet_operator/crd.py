@@ -8,6 +8,33 @@ from typing import Any
 
 import yaml
 
+from embedfleet_operator.schema_types import (
+    FREEFORM,
+    KEY_MAP,
+    LABEL_MAP,
+    OBJECT_NAME,
+    QUANTITY,
+    Schema,
+    integer,
+    number,
+    obj,
+    string,
+    toleration,
+)
+from embedfleet_operator.spec import (
+    OMITTED_AUTOSCALING,
+    ApiKeySecretRef,
+    AutoscalingSpec,
+    EmbeddingServiceSpec,
+    EngineSpec,
+    ExposureSpec,
+    ModelCacheSpec,
+    ModelSpec,
+    ResourcesSpec,
+    default_of,
+    to_json,
+)
+
 GROUP = "embedfleet.dev"
 VERSION = "v1alpha1"
 KIND = "EmbeddingService"
@@ -16,94 +43,23 @@ SINGULAR = "embeddingservice"
 SHORT_NAMES = ["embsvc"]
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
-Schema = dict[str, Any]
-
-
-def _int(minimum: int | None = None, maximum: int | None = None, **extra: Any) -> Schema:
-    schema: Schema = {"type": "integer", **extra}
-    if minimum is not None:
-        schema["minimum"] = minimum
-    if maximum is not None:
-        schema["maximum"] = maximum
-    return schema
-
-
-def _number(minimum: float, maximum: float, **extra: Any) -> Schema:
-    return {"type": "number", "minimum": minimum, "maximum": maximum, **extra}
-
-
-def _str(**extra: Any) -> Schema:
-    return {"type": "string", **extra}
-
-
-def _obj(
-    properties: Schema,
-    *,
-    required: list[str] | None = None,
-    rules: list[dict[str, str]] | None = None,
-    preserve_unknown: bool = False,
-    **extra: Any,
-) -> Schema:
-    schema: Schema = {"type": "object", "properties": properties, **extra}
-    if required:
-        schema["required"] = required
-    if rules:
-        schema["x-kubernetes-validations"] = rules
-    if preserve_unknown:
-        schema["x-kubernetes-preserve-unknown-fields"] = True
-    return schema
-
-
-# A Kubernetes quantity (32Gi, 500m, 1e3; an integer too), not negative: refused at admission
-# with the field's name, where a value like "lots" used to pass the schema and fail every apply
-# of the Deployment with an HTTP 500. The pattern is apimachinery's, as kubebuilder emits it.
-_QUANTITY_PATTERN = (
-    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
-_QUANTITY = {
-    "x-kubernetes-int-or-string": True,
-    "anyOf": [{"type": "integer"}, {"type": "string"}],
-    "pattern": _QUANTITY_PATTERN,  # strings only
-    "x-kubernetes-validations": [
-        {"rule": "type(self) != int || self >= 0", "message": "must not be negative"}
-    ],
-}
-_FREEFORM = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
-# Label and annotation keys and label values in the apimachinery formats, so a map the pods
-# would be refused for is refused here, with a message, and not by the Deployment's apply.
-_LABEL_NAME = "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
-_DNS_PREFIX = "[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
-_KEYS_RULE = {
-    "rule": f"self.all(k, size(k) <= 317 && k.matches('^({_DNS_PREFIX}/)?{_LABEL_NAME}$'))",
-    "message": "keys must be an optional DNS prefix and '/', then 1-63 letters, digits, '-', "
-    "'_' or '.' that start and end with a letter or digit",
-}
-# An object name (PVC, Secret, PriorityClass): a DNS subdomain, as the apiserver checks it.
-_OBJECT_NAME = {
-    "type": "string", "minLength": 1, "maxLength": 253,
-    "pattern": f"^{_DNS_PREFIX}$",
-}  # fmt: skip
-_KEY_MAP = {**_STRING_MAP, "maxProperties": 64, "x-kubernetes-validations": [_KEYS_RULE]}
-_LABEL_MAP = {
-    **_KEY_MAP,
-    "additionalProperties": {
-        "type": "string", "maxLength": 63, "pattern": f"^({_LABEL_NAME})?$",
-    },
-}  # fmt: skip
-
 
 def _model() -> Schema:
-    return _obj(
+    return obj(
         {
-            "name": _str(minLength=1, description="Local path in the image or hub id."),
-            "revision": _str(description="Hub revision to pin: branch, tag or commit."),
-            "dtype": _str(enum=["auto", "bfloat16", "float16", "float32"], default="auto"),
-            "cache": _obj(
+            "name": string(minLength=1, description="Local path in the image or hub id."),
+            "revision": string(description="Hub revision to pin: branch, tag or commit."),
+            "dtype": string(
+                enum=["auto", "bfloat16", "float16", "float32"],
+                default=default_of(ModelSpec, "dtype"),
+            ),
+            "cache": obj(
                 {
-                    "pvc": {**_OBJECT_NAME, "description": "Existing PVC holding the hub cache."},
-                    "emptyDirSizeLimit": {**_QUANTITY, "default": "50Gi"},
+                    "pvc": {**OBJECT_NAME, "description": "Existing PVC holding the hub cache."},
+                    "emptyDirSizeLimit": {
+                        **QUANTITY,
+                        "default": default_of(ModelCacheSpec, "emptyDirSizeLimit"),
+                    },
                 },
                 description="Where model files are cached (mounted at /models).",
                 rules=[
@@ -119,42 +75,54 @@ def _model() -> Schema:
 
 
 def _engine() -> Schema:
-    return _obj(
+    return obj(
         {
-            "maxBatchTokens": _int(
+            "maxBatchTokens": integer(
                 256,
                 1 << 20,
-                default=16384,
+                default=default_of(EngineSpec, "maxBatchTokens"),
                 description="Token budget of one forward batch. On a GPU each worker runs one "
                 "batch of this size before it turns Ready, so a budget the GPU cannot hold "
                 "fails at start-up, not under load.",
             ),
-            "maxBatchSize": _int(1, 4096, default=256, description="Inputs per batch at most."),
-            "maxInputTokens": _int(
+            "maxBatchSize": integer(
+                1,
+                4096,
+                default=default_of(EngineSpec, "maxBatchSize"),
+                description="Inputs per batch at most.",
+            ),
+            "maxInputTokens": integer(
                 2, 131072, description="Longest input; unset: the model's context length."
             ),
-            "maxQueueTokens": _int(
-                1024, default=1 << 20, description="Admission queue bound; beyond it: 429."
+            "maxQueueTokens": integer(
+                1024,
+                default=default_of(EngineSpec, "maxQueueTokens"),
+                description="Admission queue bound; beyond it: 429.",
             ),
-            "maxInputsPerRequest": _int(1, 100000, default=2048),
-            "defaultInstruction": _str(
+            "maxInputsPerRequest": integer(
+                1, 100000, default=default_of(EngineSpec, "maxInputsPerRequest")
+            ),
+            "defaultInstruction": string(
                 description="Task text for `input_type: query` requests that bring none."
             ),
-            "drainTimeoutSeconds": _int(
-                1, 3600, default=30, description="On SIGTERM, how long in-flight work may finish."
+            "drainTimeoutSeconds": integer(
+                1,
+                3600,
+                default=default_of(EngineSpec, "drainTimeoutSeconds"),
+                description="On SIGTERM, how long in-flight work may finish.",
             ),
-            "maxConnectionAgeSeconds": _number(
+            "maxConnectionAgeSeconds": number(
                 0,
                 3600,
-                default=5,
+                default=default_of(EngineSpec, "maxConnectionAgeSeconds"),
                 description="A worker closes a client connection between requests once it is "
                 "this old, divided by the client connections the worker holds (jittered), so "
                 "keep-alive clients spread over new replicas. 0: no age bound.",
             ),
-            "maxConnectionRequests": _int(
+            "maxConnectionRequests": integer(
                 0,
                 1_000_000,
-                default=4,
+                default=default_of(EngineSpec, "maxConnectionRequests"),
                 description="...or once it has carried this many requests (jittered; in "
                 "proportion more past 8 client connections on the worker). 0: no request bound.",
             ),
@@ -163,52 +131,51 @@ def _engine() -> Schema:
     )
 
 
-AUTOSCALING_DEFAULTS: Schema = {
-    "enabled": True,
-    "minReplicas": 1,
-    "maxReplicas": 4,
-    "targetGPUUtilizationPercent": 65,
-    "idleTimeoutSeconds": 120,
-    "scaleDownStabilizationSeconds": 300,
-}
+def _omitted_autoscaling() -> str:
+    auto = OMITTED_AUTOSCALING
+    return (
+        f"Omitted: {auto.min_replicas}-{auto.max_replicas} replicas on "
+        f"{auto.target_gpu_utilization_percent}% GPU utilisation, idle "
+        f"{auto.idle_timeout_seconds} s, window {auto.scale_down_stabilization_seconds} s."
+    )
 
 
 def _autoscaling() -> Schema:
-    return _obj(
+    return obj(
         {
             "enabled": {
                 "type": "boolean",
-                "default": True,
+                "default": default_of(AutoscalingSpec, "enabled"),
                 "description": "Off: spec.replicas decides.",
             },
-            "minReplicas": _int(0, 1000, default=1),
-            "maxReplicas": _int(1, 1000, default=4),
+            "minReplicas": integer(0, 1000, default=default_of(AutoscalingSpec, "minReplicas")),
+            "maxReplicas": integer(1, 1000, default=default_of(AutoscalingSpec, "maxReplicas")),
             # No field default: the object's default carries it, so an explicit autoscaling
             # block must name its targets (the CEL rule below).
-            "targetGPUUtilizationPercent": _int(
+            "targetGPUUtilizationPercent": integer(
                 1, 100, description="Per replica: the busier of NVML utilisation and engine busy."
             ),
-            "targetTokensPerSecondPerReplica": _int(
+            "targetTokensPerSecondPerReplica": integer(
                 1, description="Embedded tokens/s per replica."
             ),
-            "targetRequestsPerSecondPerReplica": _int(1, description="Requests/s per replica."),
-            "idleTimeoutSeconds": _int(
+            "targetRequestsPerSecondPerReplica": integer(1, description="Requests/s per replica."),
+            "idleTimeoutSeconds": integer(
                 0,
                 86400,
-                default=120,
+                default=default_of(AutoscalingSpec, "idleTimeoutSeconds"),
                 description="With minReplicas 0: no traffic this long, and at least the "
                 "stabilisation window, scales to zero. Above zero an idle fleet comes down "
                 "through the stabilisation window.",
             ),
-            "scaleDownStabilizationSeconds": _int(
+            "scaleDownStabilizationSeconds": integer(
                 0,
                 86400,
-                default=300,
+                default=default_of(AutoscalingSpec, "scaleDownStabilizationSeconds"),
                 description="Scale down to the highest recommendation of this window.",
             ),
         },
-        default=AUTOSCALING_DEFAULTS,
-        description="Omitted: 1-4 replicas on 65% GPU utilisation, idle 120 s, window 300 s.",
+        default=to_json(OMITTED_AUTOSCALING),
+        description=_omitted_autoscaling(),
         rules=[
             {
                 "rule": "self.minReplicas <= self.maxReplicas",
@@ -224,87 +191,68 @@ def _autoscaling() -> Schema:
     )
 
 
-def _toleration() -> Schema:
-    """core/v1 Toleration, checked here so a typo is refused on the EmbeddingService."""
-    return _obj(
-        {
-            "key": _str(maxLength=317, pattern=f"^(({_DNS_PREFIX}/)?{_LABEL_NAME})?$"),
-            "operator": _str(enum=["Exists", "Equal"]),
-            "value": _str(),
-            "effect": _str(enum=["", "NoSchedule", "PreferNoSchedule", "NoExecute"]),
-            "tolerationSeconds": {"type": "integer", "format": "int64"},
-        },
-        rules=[
-            {
-                "rule": "!has(self.operator) || self.operator != 'Exists' || "
-                "!has(self.value) || self.value == ''",
-                "message": "a toleration with operator Exists takes no value",
-            },
-            {
-                "rule": "(has(self.key) && self.key != '') || "
-                "(has(self.operator) && self.operator == 'Exists')",
-                "message": "a toleration without a key needs operator Exists",
-            },
-            {
-                "rule": "!has(self.tolerationSeconds) || (has(self.effect) && "
-                "self.effect == 'NoExecute')",
-                "message": "tolerationSeconds needs effect NoExecute",
-            },
-        ],
-    )
-
-
 def spec_schema() -> Schema:
-    return _obj(
+    return obj(
         {
             "model": _model(),
-            "image": _str(
+            "image": string(
                 minLength=1,
                 description="The worker image; default: the operator's (the chart's "
                 "<registry>/worker:<version>).",
             ),
-            "imagePullPolicy": _str(
-                enum=["Always", "IfNotPresent", "Never"], default="IfNotPresent"
+            "imagePullPolicy": string(
+                enum=["Always", "IfNotPresent", "Never"],
+                default=default_of(EmbeddingServiceSpec, "imagePullPolicy"),
             ),
-            "replicas": _int(0, 1000, description="Replica count when autoscaling is off."),
-            "resources": _obj(
+            "replicas": integer(0, 1000, description="Replica count when autoscaling is off."),
+            "resources": obj(
                 {
-                    "gpus": _int(
-                        0, 16, default=1, description="nvidia.com/gpu per worker; 0: CPU."
+                    "gpus": integer(
+                        0,
+                        16,
+                        default=default_of(ResourcesSpec, "gpus"),
+                        description="nvidia.com/gpu per worker; 0: CPU.",
                     ),
-                    "memory": {**_QUANTITY, "default": "32Gi"},
-                    "cpu": {**_QUANTITY, "default": "4"},
+                    "memory": {**QUANTITY, "default": default_of(ResourcesSpec, "memory")},
+                    "cpu": {**QUANTITY, "default": default_of(ResourcesSpec, "cpu")},
                 },
                 default={},
             ),
             "engine": _engine(),
             "autoscaling": _autoscaling(),
-            "startupTimeoutSeconds": _int(
-                30, 7200, default=1800, description="Budget for downloading and loading the model."
+            "startupTimeoutSeconds": integer(
+                30,
+                7200,
+                default=default_of(EmbeddingServiceSpec, "startupTimeoutSeconds"),
+                description="Budget for downloading and loading the model.",
             ),
-            "nodeSelector": {**_LABEL_MAP, "description": "Label values: up to 63 characters."},
-            "tolerations": {"type": "array", "items": _toleration()},
-            "affinity": _FREEFORM,
-            "priorityClassName": _OBJECT_NAME,
+            "nodeSelector": {**LABEL_MAP, "description": "Label values: up to 63 characters."},
+            "tolerations": {"type": "array", "items": toleration()},
+            "affinity": FREEFORM,
+            "priorityClassName": OBJECT_NAME,
             "podLabels": {
-                **_LABEL_MAP,
+                **LABEL_MAP,
                 "description": "Added to the worker pods; values: up to 63 characters.",
             },
-            "podAnnotations": {**_KEY_MAP, "description": "Added to the worker pods."},
-            "service": _obj(
+            "podAnnotations": {**KEY_MAP, "description": "Added to the worker pods."},
+            "service": obj(
                 {
-                    "type": _str(
-                        enum=["ClusterIP", "NodePort", "LoadBalancer"], default="ClusterIP"
+                    "type": string(
+                        enum=["ClusterIP", "NodePort", "LoadBalancer"],
+                        default=default_of(ExposureSpec, "type"),
                     ),
-                    "port": _int(1, 65535, default=8000),
+                    "port": integer(1, 65535, default=default_of(ExposureSpec, "port")),
                 },
                 default={},
             ),
-            "apiKeySecretRef": _obj(
+            "apiKeySecretRef": obj(
                 {
-                    "name": _OBJECT_NAME,
-                    "key": _str(
-                        minLength=1, maxLength=253, pattern="^[-._a-zA-Z0-9]+$", default="api-key"
+                    "name": OBJECT_NAME,
+                    "key": string(
+                        minLength=1,
+                        maxLength=253,
+                        pattern="^[-._a-zA-Z0-9]+$",
+                        default=default_of(ApiKeySecretRef, "key"),
                     ),
                 },
                 required=["name"],
@@ -316,14 +264,14 @@ def spec_schema() -> Schema:
 
 
 def _condition() -> Schema:
-    return _obj(
+    return obj(
         {
-            "type": _str(),
-            "status": _str(enum=["True", "False", "Unknown"]),
-            "reason": _str(),
-            "message": _str(),
-            "lastTransitionTime": _str(format="date-time"),
-            "observedGeneration": _int(),
+            "type": string(),
+            "status": string(enum=["True", "False", "Unknown"]),
+            "reason": string(),
+            "message": string(),
+            "lastTransitionTime": string(format="date-time"),
+            "observedGeneration": integer(),
         },
         required=["type", "status"],
     )
@@ -331,25 +279,25 @@ def _condition() -> Schema:
 
 def status_schema() -> Schema:
     number = {"type": "number"}
-    return _obj(
+    return obj(
         {
-            "observedGeneration": _int(),
+            "observedGeneration": integer(),
             "conditions": {
                 "type": "array",
                 "items": _condition(),
                 "x-kubernetes-list-type": "map",
                 "x-kubernetes-list-map-keys": ["type"],
             },
-            "replicas": _int(),
-            "readyReplicas": _int(),
-            "desiredReplicas": _int(),
-            "selector": _str(),
-            "endpoint": _str(),
-            "modelFingerprint": _str(),
-            "lastScaleTime": _str(format="date-time"),
-            "lastScaleReason": _str(),
-            "lastScaleMessage": _str(),
-            "metrics": _obj(
+            "replicas": integer(),
+            "readyReplicas": integer(),
+            "desiredReplicas": integer(),
+            "selector": string(),
+            "endpoint": string(),
+            "modelFingerprint": string(),
+            "lastScaleTime": string(format="date-time"),
+            "lastScaleReason": string(),
+            "lastScaleMessage": string(),
+            "metrics": obj(
                 {
                     # max(GPU, engine busy): what the utilisation target is compared with
                     "utilizationPercent": number,
@@ -358,8 +306,8 @@ def status_schema() -> Schema:
                     "requestsPerSecond": number,
                     "tokensPerSecond": number,
                     "queueTokens": number,
-                    "reportingWorkers": _int(),
-                    "unmeasuredWorkers": _int(),
+                    "reportingWorkers": integer(),
+                    "unmeasuredWorkers": integer(),
                 },
                 description="Fleet load measured at the last autoscaling tick.",
             ),
@@ -413,7 +361,7 @@ def crd_manifest() -> Schema:
                     "served": True,
                     "storage": True,
                     "schema": {
-                        "openAPIV3Schema": _obj(
+                        "openAPIV3Schema": obj(
                             {"spec": spec_schema(), "status": status_schema()},
                             required=["spec"],
                             description="A fleet of embedding workers behind one endpoint.",
@@ -439,55 +387,5 @@ def render() -> str:
     return header + yaml.safe_dump(crd_manifest(), sort_keys=False, width=100)
 
 
-def _type_of(schema: Schema) -> str:
-    if schema.get("x-kubernetes-int-or-string"):
-        return "quantity"
-    if "additionalProperties" in schema:
-        return "map[string]string"
-    if schema.get("type") == "array":
-        return "list"
-    return str(schema.get("type", "object"))
-
-
-def _constraints(schema: Schema) -> str:
-    parts = []
-    if "enum" in schema:
-        parts.append(" \\| ".join(f"`{v}`" for v in schema["enum"]))
-    if "minimum" in schema or "maximum" in schema:
-        parts.append(f"{schema.get('minimum', '')}..{schema.get('maximum', '')}")
-    if "minLength" in schema:
-        parts.append("non-empty")
-    for rule in schema.get("x-kubernetes-validations", []):
-        parts.append(rule["message"])
-    return "; ".join(parts)
-
-
-def _yaml(value: Any) -> str:
-    return str(yaml.safe_dump(value, default_flow_style=True)).strip().removesuffix("...").strip()
-
-
-def reference_markdown() -> str:
-    """The spec's fields as a Markdown table, for the README (a test keeps it current)."""
-    rows = ["| field | type | default | allowed | notes |", "|---|---|---|---|---|"]
-
-    def walk(schema: Schema, path: str, required: list[str]) -> None:
-        for name, child in schema.get("properties", {}).items():
-            field = f"{path}.{name}" if path else name
-            default = child.get("default")
-            shown = "" if default is None or isinstance(default, dict) else f"`{_yaml(default)}`"
-            notes = child.get("description", "")
-            if name in required:
-                notes = ("required. " + notes).strip()
-            rows.append(
-                f"| `{field}` | {_type_of(child)} | {shown} | {_constraints(child)} | {notes} |"
-            )
-            if child.get("type") == "object" and "properties" in child:
-                walk(child, field, child.get("required", []))
-
-    spec = spec_schema()
-    walk(spec, "spec", spec.get("required", []))
-    return "\n".join(rows) + "\n"
-
-
 if __name__ == "__main__":
-    sys.stdout.write(reference_markdown() if sys.argv[1:] == ["--markdown"] else render())
+    sys.stdout.write(render())

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from embedfleet_operator.policy import PodObservation
+from embedfleet_operator.fleet import PodObservation
 from embedfleet_operator.scrape import (
     MetricsFormatError,
     WorkerSample,
@@ -90,8 +90,9 @@ class Scrape:
     failures: tuple[str, ...]  # pod: why
 
 
-class Observer:
-    """One per EmbeddingService: remembers each pod's last good sample for the next rate."""
+class Scraper:
+    """One per EmbeddingService: scrapes its ready workers, remembering each pod's last good
+    sample for the next rate."""
 
     def __init__(self, http: httpx.AsyncClient, timeout_seconds: float) -> None:
         self._http = http

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 # The worker's metrics the observer reads.
 WORKER_REQUESTS_TOTAL = "embedfleet_requests_total"
@@ -22,6 +22,9 @@ SCALE_EVENTS = "embedfleet_operator_scale_events_total"
 SCRAPES = "embedfleet_operator_scrapes_total"
 SCRAPE_FAILURES = "embedfleet_operator_scrape_failures_total"
 TICK_DURATION = "embedfleet_operator_autoscale_tick_seconds"
+TICK_LATENESS = "embedfleet_operator_tick_lateness_seconds"
+TICKS_SKIPPED = "embedfleet_operator_ticks_skipped_total"
+PROCESS_CPU = "process_cpu_seconds_total"  # the operator's own CPU, for the scale test
 DESIRED_REPLICAS = "embedfleet_operator_desired_replicas"
 MIN_REPLICAS = "embedfleet_operator_min_replicas"
 MAX_REPLICAS = "embedfleet_operator_max_replicas"
@@ -62,6 +65,19 @@ class OperatorMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
+        self.tick_lateness = Histogram(
+            TICK_LATENESS,
+            "How long after its due time an autoscaling tick started.",
+            buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 15, 30),
+            registry=r,
+        )
+        self.ticks_skipped = Counter(
+            TICKS_SKIPPED.removesuffix("_total"),
+            "Autoscaling ticks skipped because they were more than a period late.",
+            _SERVICE,
+            registry=r,
+        )
+        ProcessCollector(registry=r)
         self.desired = Gauge(
             DESIRED_REPLICAS, "Replicas the autoscaler wants.", _SERVICE, registry=r
         )

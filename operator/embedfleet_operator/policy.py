@@ -8,9 +8,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from embedfleet_operator.crd import AUTOSCALING_DEFAULTS
+from embedfleet_operator.fleet import FleetMetrics, Observation, fleet_metrics
+from embedfleet_operator.spec import AutoscalingSpec, EmbeddingServiceSpec, EngineSpec
 
 METRIC_WINDOW_TICKS = 4  # the targets' averaging window: 60 s at the default 15 s tick
 # A pod that was ready this recently and is not now (frozen, restarting after a crash) holds
@@ -21,67 +21,14 @@ LOST_POD_HOLD_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
-class PodMetrics:
-    """One ready pod's load over the last tick (rates from counter deltas, gauges as read)."""
-
-    requests_per_second: float
-    tokens_per_second: float
-    engine_utilization: float  # rate of busy seconds, 0..1
-    gpu_utilization: float | None  # NVML mean over the pod's GPUs, 0..1; None without a GPU
-    queue_tokens: float
-    queue_requests: float
-
-    @property
-    def utilization_percent(self) -> float:
-        # The busier of the two views: NVML sees kernels, the engine sees its compute thread.
-        gpu = self.gpu_utilization if self.gpu_utilization is not None else 0.0
-        return 100.0 * max(gpu, self.engine_utilization)
-
-    @property
-    def active(self) -> bool:
-        # A long request in compute finishes no request yet but keeps the engine busy.
-        return (
-            self.requests_per_second > 0
-            or self.queue_requests > 0
-            or self.queue_tokens > 0
-            or self.engine_utilization > 0
-        )
-
-
-@dataclass(frozen=True)
-class PodObservation:
-    name: str
-    metrics: PodMetrics | None  # None: the scrape failed, timed out or has no rate yet
-
-
-@dataclass(frozen=True)
-class Observation:
-    current_replicas: int  # the Deployment's spec.replicas
-    ready_pods: tuple[PodObservation, ...]  # pods ready in the Service's EndpointSlices
-    unready_pods: tuple[str, ...] = ()  # names of the other pods, not terminating
-
-    @property
-    def reporting(self) -> list[PodMetrics]:
-        return [p.metrics for p in self.ready_pods if p.metrics is not None]
-
-    @property
-    def missing(self) -> list[str]:
-        return [p.name for p in self.ready_pods if p.metrics is None]
-
-    @property
-    def starting(self) -> int:
-        return max(0, self.current_replicas - len(self.ready_pods))
-
-
-@dataclass(frozen=True)
 class ScalingSpec:
     min_replicas: int
     max_replicas: int
     target_utilization_percent: float | None = None
     target_tokens_per_second: float | None = None
     target_requests_per_second: float | None = None
-    idle_timeout_seconds: float = 120.0
-    stabilization_seconds: float = 300.0
+    idle_timeout_seconds: float = AutoscalingSpec.idle_timeout_seconds
+    stabilization_seconds: float = AutoscalingSpec.scale_down_stabilization_seconds
     tick_seconds: float = 15.0
     tolerance: float = 0.1  # HPA's band around the target where nothing moves
     # Scale down only once load fits the fewer replicas at (1 - headroom) of the target, so
@@ -89,7 +36,8 @@ class ScalingSpec:
     scale_down_headroom: float = 0.1
     scale_up_percent: float = 100.0  # per tick period: the larger of this and scale_up_pods
     scale_up_pods: int = 4
-    queue_threshold_tokens: float = 16384.0  # a fleet-wide backlog worth reacting to
+    # A fleet-wide backlog worth reacting to: one batch (spec.engine.maxBatchTokens).
+    queue_threshold_tokens: float = EngineSpec.max_batch_tokens
     # ...only when the fleet was busy this share of the tick: a burst of a second or two
     # queues up and drains within the tick at a lower mean (real traffic's busiest second is
     # 2.7-6x its busiest minute's mean), and a pod started for it would come minutes late.
@@ -101,28 +49,23 @@ class ScalingSpec:
     metric_window_seconds: float = 60.0
 
     @classmethod
-    def from_resource(cls, spec: Mapping[str, Any], *, tick_seconds: float) -> ScalingSpec:
-        auto = {**AUTOSCALING_DEFAULTS, **(spec.get("autoscaling") or {})}
-        if spec.get("autoscaling"):
-            # An explicit block names its own targets; the defaults' GPU target is not implied.
-            for key in ("targetGPUUtilizationPercent",):
-                auto[key] = spec["autoscaling"].get(key)
+    def from_spec(cls, spec: EmbeddingServiceSpec, *, tick_seconds: float) -> ScalingSpec:
+        auto = spec.autoscaling
 
-        def number(key: str) -> float | None:
-            value = auto.get(key)
+        def number(value: int | None) -> float | None:
             return None if value is None else float(value)
 
         return cls(
-            min_replicas=int(auto["minReplicas"]),
-            max_replicas=int(auto["maxReplicas"]),
-            target_utilization_percent=number("targetGPUUtilizationPercent"),
-            target_tokens_per_second=number("targetTokensPerSecondPerReplica"),
-            target_requests_per_second=number("targetRequestsPerSecondPerReplica"),
-            idle_timeout_seconds=float(auto["idleTimeoutSeconds"]),
-            stabilization_seconds=float(auto["scaleDownStabilizationSeconds"]),
+            min_replicas=auto.min_replicas,
+            max_replicas=auto.max_replicas,
+            target_utilization_percent=number(auto.target_gpu_utilization_percent),
+            target_tokens_per_second=number(auto.target_tokens_per_second_per_replica),
+            target_requests_per_second=number(auto.target_requests_per_second_per_replica),
+            idle_timeout_seconds=float(auto.idle_timeout_seconds),
+            stabilization_seconds=float(auto.scale_down_stabilization_seconds),
             tick_seconds=tick_seconds,
             metric_window_seconds=METRIC_WINDOW_TICKS * tick_seconds,
-            queue_threshold_tokens=float((spec.get("engine") or {}).get("maxBatchTokens", 16384)),
+            queue_threshold_tokens=float(spec.engine.max_batch_tokens),
         )
 
 
@@ -140,20 +83,6 @@ class History:
 
 
 @dataclass(frozen=True)
-class FleetMetrics:
-    """Fleet-wide figures, for status and the operator's own metrics."""
-
-    utilization_percent: float | None
-    engine_utilization_percent: float | None
-    gpu_utilization_percent: float | None
-    requests_per_second: float
-    tokens_per_second: float
-    queue_tokens: float
-    reporting_pods: int
-    missing_pods: int
-
-
-@dataclass(frozen=True)
 class Decision:
     replicas: int
     reason: str  # CamelCase, the rule that decided
@@ -168,25 +97,6 @@ class _Recommendation:
     replicas: int
     reason: str
     message: str
-
-
-def fleet_metrics(observation: Observation) -> FleetMetrics:
-    reporting = observation.reporting
-
-    def mean(values: list[float]) -> float | None:
-        return sum(values) / len(values) if values else None
-
-    gpus = [m.gpu_utilization * 100 for m in reporting if m.gpu_utilization is not None]
-    return FleetMetrics(
-        utilization_percent=mean([m.utilization_percent for m in reporting]),
-        engine_utilization_percent=mean([m.engine_utilization * 100 for m in reporting]),
-        gpu_utilization_percent=mean(gpus),
-        requests_per_second=sum(m.requests_per_second for m in reporting),
-        tokens_per_second=sum(m.tokens_per_second for m in reporting),
-        queue_tokens=sum(m.queue_tokens for m in reporting),
-        reporting_pods=len(reporting),
-        missing_pods=len(observation.missing),
-    )
 
 
 def _fleet_totals(observation: Observation) -> dict[str, float]:

@@ -1,5 +1,5 @@
-"""Pure builders: an EmbeddingService (the CR as a dict, defaults applied by the apiserver)
-to the worker Deployment, Service and PodDisruptionBudget it owns. No I/O, no clients."""
+"""Pure builders: an EmbeddingService (typed, spec.py) to the worker Deployment, the Kubernetes
+Service and the PodDisruptionBudget it owns. No I/O, no clients."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from embedfleet_operator.crd import GROUP, KIND, VERSION
+from embedfleet_operator.spec import EmbeddingService, EmbeddingServiceSpec
 
 Manifest = dict[str, Any]
 
@@ -19,86 +20,93 @@ STARTUP_PROBE_PERIOD = 10
 # Grace beyond the worker's drain: uvicorn shutdown and the engine thread join.
 TERMINATION_MARGIN_SECONDS = 15
 SELECTOR_LABEL = f"{GROUP}/service"
+# Every object the operator owns carries this label: the caches (cache.py) watch only these.
+MANAGED_BY_LABELS = {"app.kubernetes.io/managed-by": "embedfleet"}
+FIELD_MANAGER = "embedfleet"  # server-side apply of the workers' objects
+# Replicas get their own manager so template applies never fight the scaler over them.
+REPLICAS_MANAGER = "embedfleet-replicas"
 
 
 def selector_labels(name: str) -> dict[str, str]:
     return {SELECTOR_LABEL: name}
 
 
+def label_selector(name: str) -> str:
+    """The workers' label selector as the API's `labelSelector` query and status.selector."""
+    return ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
+
+
 def common_labels(name: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "embedfleet-worker",
         "app.kubernetes.io/instance": name,
-        "app.kubernetes.io/managed-by": "embedfleet",
+        **MANAGED_BY_LABELS,
         **selector_labels(name),
     }
 
 
-def owner_reference(service: Manifest) -> Manifest:
-    meta = service["metadata"]
+def owner_reference(service: EmbeddingService) -> Manifest:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
-        "name": meta["name"],
-        "uid": meta["uid"],
+        "name": service.name,
+        "uid": service.uid,
         "controller": True,
         "blockOwnerDeletion": True,
     }
 
 
-def _metadata(service: Manifest, name: str | None = None) -> Manifest:
-    meta = service["metadata"]
+def _metadata(service: EmbeddingService) -> Manifest:
     return {
-        "name": name or meta["name"],
-        "namespace": meta["namespace"],
-        "labels": common_labels(meta["name"]),
+        "name": service.name,
+        "namespace": service.namespace,
+        "labels": common_labels(service.name),
         "ownerReferences": [owner_reference(service)],
     }
 
 
-def worker_environment(spec: Manifest) -> list[Manifest]:
+def worker_environment(spec: EmbeddingServiceSpec) -> list[Manifest]:
     """Settings for `embedfleet-worker serve`, through its EMBEDFLEET_* variables."""
-    model, engine = spec["model"], spec.get("engine", {})
+    model, engine = spec.model, spec.engine
     values: dict[str, Any] = {
-        "EMBEDFLEET_MODEL": model["name"],
-        "EMBEDFLEET_REVISION": model.get("revision"),
-        "EMBEDFLEET_DTYPE": model.get("dtype", "auto"),
-        "EMBEDFLEET_DEVICE": "cuda" if spec.get("resources", {}).get("gpus", 1) > 0 else "cpu",
+        "EMBEDFLEET_MODEL": model.name,
+        "EMBEDFLEET_REVISION": model.revision,
+        "EMBEDFLEET_DTYPE": model.dtype,
+        "EMBEDFLEET_DEVICE": "cuda" if spec.resources.gpus > 0 else "cpu",
         "EMBEDFLEET_HOST": "0.0.0.0",
         "EMBEDFLEET_PORT": WORKER_PORT,
-        "EMBEDFLEET_MAX_BATCH_TOKENS": engine.get("maxBatchTokens"),
-        "EMBEDFLEET_MAX_BATCH_SIZE": engine.get("maxBatchSize"),
-        "EMBEDFLEET_MAX_INPUT_TOKENS": engine.get("maxInputTokens"),
-        "EMBEDFLEET_MAX_QUEUE_TOKENS": engine.get("maxQueueTokens"),
-        "EMBEDFLEET_MAX_INPUTS_PER_REQUEST": engine.get("maxInputsPerRequest"),
-        "EMBEDFLEET_DEFAULT_INSTRUCTION": engine.get("defaultInstruction"),
-        "EMBEDFLEET_DRAIN_TIMEOUT_SECONDS": engine.get("drainTimeoutSeconds"),
-        "EMBEDFLEET_MAX_CONNECTION_AGE_SECONDS": engine.get("maxConnectionAgeSeconds"),
-        "EMBEDFLEET_MAX_CONNECTION_REQUESTS": engine.get("maxConnectionRequests"),
-        "EMBEDFLEET_SERVED_MODEL_NAME": model["name"],
+        "EMBEDFLEET_MAX_BATCH_TOKENS": engine.max_batch_tokens,
+        "EMBEDFLEET_MAX_BATCH_SIZE": engine.max_batch_size,
+        "EMBEDFLEET_MAX_INPUT_TOKENS": engine.max_input_tokens,
+        "EMBEDFLEET_MAX_QUEUE_TOKENS": engine.max_queue_tokens,
+        "EMBEDFLEET_MAX_INPUTS_PER_REQUEST": engine.max_inputs_per_request,
+        "EMBEDFLEET_DEFAULT_INSTRUCTION": engine.default_instruction,
+        "EMBEDFLEET_DRAIN_TIMEOUT_SECONDS": engine.drain_timeout_seconds,
+        "EMBEDFLEET_MAX_CONNECTION_AGE_SECONDS": engine.max_connection_age_seconds,
+        "EMBEDFLEET_MAX_CONNECTION_REQUESTS": engine.max_connection_requests,
+        "EMBEDFLEET_SERVED_MODEL_NAME": model.name,
         "EMBEDFLEET_MODEL_CACHE_DIR": MODEL_CACHE_PATH,
         "HF_HOME": MODEL_CACHE_PATH,
     }
-    if "apiKeySecretRef" in spec:
-        values["EMBEDFLEET_API_KEY_FILE"] = f"{API_KEY_DIR}/{spec['apiKeySecretRef']['key']}"
+    if spec.api_key_secret_ref is not None:
+        values["EMBEDFLEET_API_KEY_FILE"] = f"{API_KEY_DIR}/{spec.api_key_secret_ref.key}"
     return [{"name": k, "value": str(v)} for k, v in values.items() if v is not None]
 
 
-def _resources(spec: Manifest) -> Manifest:
-    wanted = spec.get("resources", {})
-    requests = {"cpu": str(wanted.get("cpu", "4")), "memory": str(wanted.get("memory", "32Gi"))}
+def _resources(spec: EmbeddingServiceSpec) -> Manifest:
+    wanted = spec.resources
+    requests = {"cpu": wanted.cpu, "memory": wanted.memory}
     limits = {"memory": requests["memory"]}
-    gpus = int(wanted.get("gpus", 1))
-    if gpus > 0:
-        limits[GPU_RESOURCE] = str(gpus)
+    if wanted.gpus > 0:
+        limits[GPU_RESOURCE] = str(wanted.gpus)
     return {"requests": requests, "limits": limits}
 
 
-def _probes(spec: Manifest) -> Manifest:
+def _probes(spec: EmbeddingServiceSpec) -> Manifest:
     def http(path: str, **timing: int) -> Manifest:
         return {"httpGet": {"path": path, "port": "http"}, **timing}
 
-    budget = int(spec.get("startupTimeoutSeconds", 1800))
+    budget = spec.startup_timeout_seconds
     return {
         # Liveness and readiness wait until the model is loaded; a load slower than the
         # budget (download + load) restarts the pod.
@@ -113,42 +121,39 @@ def _probes(spec: Manifest) -> Manifest:
     }
 
 
-def _volumes(spec: Manifest) -> tuple[list[Manifest], list[Manifest]]:
-    cache = spec["model"].get("cache", {})
-    if "pvc" in cache:
+def _volumes(spec: EmbeddingServiceSpec) -> tuple[list[Manifest], list[Manifest]]:
+    cache = spec.model.cache
+    if cache.pvc is not None:
         model_volume: Manifest = {
             "name": "models",
-            "persistentVolumeClaim": {"claimName": cache["pvc"]},
+            "persistentVolumeClaim": {"claimName": cache.pvc},
         }
     else:
-        model_volume = {
-            "name": "models",
-            "emptyDir": {"sizeLimit": str(cache.get("emptyDirSizeLimit", "50Gi"))},
-        }
+        model_volume = {"name": "models", "emptyDir": {"sizeLimit": cache.empty_dir_size_limit}}
     volumes = [model_volume, {"name": "tmp", "emptyDir": {}}]
     mounts: list[Manifest] = [
         {"name": "models", "mountPath": MODEL_CACHE_PATH},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
-    if "apiKeySecretRef" in spec:
-        ref = spec["apiKeySecretRef"]
-        volumes.append({"name": "api-key", "secret": {"secretName": ref["name"]}})
+    if spec.api_key_secret_ref is not None:
+        ref = spec.api_key_secret_ref
+        volumes.append({"name": "api-key", "secret": {"secretName": ref.name}})
         mounts.append({"name": "api-key", "mountPath": API_KEY_DIR, "readOnly": True})
     return volumes, mounts
 
 
 def build_deployment(
-    service: Manifest, *, worker_image: str, replicas: int | None = None
+    service: EmbeddingService, *, worker_image: str, replicas: int | None = None
 ) -> Manifest:
     """The worker Deployment, running spec.image or else `worker_image` (the operator's
     setting). `replicas` is left out unless given: the autoscaler (or `spec.replicas` when
     autoscaling is off) owns that field, not the template apply."""
-    spec, name = service["spec"], service["metadata"]["name"]
+    spec, name = service.spec, service.name
     volumes, mounts = _volumes(spec)
     container: Manifest = {
         "name": "worker",
-        "image": spec.get("image") or worker_image,
-        "imagePullPolicy": spec.get("imagePullPolicy", "IfNotPresent"),
+        "image": spec.image or worker_image,
+        "imagePullPolicy": spec.image_pull_policy,
         "command": ["embedfleet-worker", "serve"],
         "ports": [{"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"}],
         "env": worker_environment(spec),
@@ -162,11 +167,11 @@ def build_deployment(
         },
         **_probes(spec),
     }
-    drain = int(spec.get("engine", {}).get("drainTimeoutSeconds", 30))
     pod_spec: Manifest = {
         "containers": [container],
         "volumes": volumes,
-        "terminationGracePeriodSeconds": drain + TERMINATION_MARGIN_SECONDS,
+        "terminationGracePeriodSeconds": spec.engine.drain_timeout_seconds
+        + TERMINATION_MARGIN_SECONDS,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": WORKER_UID,
@@ -175,14 +180,18 @@ def build_deployment(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
-    for field in ("nodeSelector", "tolerations", "affinity", "priorityClassName"):
-        if spec.get(field):
-            pod_spec[field] = spec[field]
+    placement = {
+        "nodeSelector": dict(spec.node_selector),
+        "tolerations": list(spec.tolerations),
+        "affinity": spec.affinity,
+        "priorityClassName": spec.priority_class_name,
+    }
+    pod_spec.update({key: value for key, value in placement.items() if value})
     annotations = {
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(WORKER_PORT),
         "prometheus.io/path": "/metrics",
-        **spec.get("podAnnotations", {}),
+        **spec.pod_annotations,
     }
     deployment_spec: Manifest = {
         "selector": {"matchLabels": selector_labels(name)},
@@ -192,7 +201,7 @@ def build_deployment(
         },
         "template": {
             "metadata": {
-                "labels": {**spec.get("podLabels", {}), **common_labels(name)},
+                "labels": {**spec.pod_labels, **common_labels(name)},
                 "annotations": annotations,
             },
             "spec": pod_spec,
@@ -208,66 +217,50 @@ def build_deployment(
     }
 
 
-def build_service(service: Manifest) -> Manifest:
-    spec, name = service["spec"], service["metadata"]["name"]
-    exposure = spec.get("service", {})
+def build_kubernetes_service(service: EmbeddingService) -> Manifest:
+    """The Kubernetes Service in front of the workers (the endpoint clients call)."""
+    exposure = service.spec.service
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(service),
         "spec": {
-            "type": exposure.get("type", "ClusterIP"),
-            "selector": selector_labels(name),
+            "type": exposure.type,
+            "selector": selector_labels(service.name),
             "ports": [
-                {
-                    "name": "http",
-                    "port": int(exposure.get("port", WORKER_PORT)),
-                    "targetPort": "http",
-                    "protocol": "TCP",
-                }
+                {"name": "http", "port": exposure.port, "targetPort": "http", "protocol": "TCP"}
             ],
         },
     }
 
 
-def max_replicas(spec: Manifest) -> int:
-    autoscaling = spec.get("autoscaling", {})
-    if autoscaling.get("enabled", True):
-        return int(autoscaling.get("maxReplicas", 4))
-    return int(spec.get("replicas", 1))
-
-
-def build_pdb(service: Manifest) -> Manifest | None:
+def build_pdb(service: EmbeddingService) -> Manifest | None:
     """At most one worker voluntarily evicted at a time; pointless with a single replica."""
-    if max_replicas(service["spec"]) <= 1:
+    if service.spec.max_replicas <= 1:
         return None
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": _metadata(service),
-        "spec": {
-            "maxUnavailable": 1,
-            "selector": {"matchLabels": selector_labels(service["metadata"]["name"])},
-        },
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(service.name)}},
     }
 
 
-def endpoint_url(service: Manifest) -> str:
-    meta, exposure = service["metadata"], service["spec"].get("service", {})
-    port = int(exposure.get("port", WORKER_PORT))
-    return f"http://{meta['name']}.{meta['namespace']}.svc:{port}/v1"
+def endpoint_url(service: EmbeddingService) -> str:
+    port = service.spec.service.port
+    return f"http://{service.name}.{service.namespace}.svc:{port}/v1"
 
 
-def replicas_to_set(spec: Manifest, current: int | None) -> int | None:
+def replicas_to_set(spec: EmbeddingServiceSpec, current: int | None) -> int | None:
     """The replica count the operator must write now, or None to leave it alone. With
     autoscaling off `spec.replicas` rules; with it on, a new Deployment starts at
     max(minReplicas, 1) and a hand-edited count is clamped into [min, max] (the autoscaler
     moves it within that range)."""
-    autoscaling = spec.get("autoscaling", {})
-    if not autoscaling.get("enabled", True):
-        wanted = int(spec.get("replicas", 1))
+    auto = spec.autoscaling
+    if not auto.enabled:
+        wanted = spec.replicas_when_fixed
         return wanted if current != wanted else None
-    low, high = int(autoscaling.get("minReplicas", 1)), int(autoscaling.get("maxReplicas", 4))
+    low, high = auto.min_replicas, auto.max_replicas
     if current is None:
         return max(low, 1) if high >= 1 else low
     clamped = min(max(current, low), high)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from embedfleet_operator.fleet import PodMetrics
 from embedfleet_operator.operator_metrics import (
     PROCESS_START_TIME,
     WORKER_ENGINE_BUSY,
@@ -17,7 +18,6 @@ from embedfleet_operator.operator_metrics import (
     WORKER_QUEUE_TOKENS,
     WORKER_REQUESTS_TOTAL,
 )
-from embedfleet_operator.policy import PodMetrics
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from embedfleet_operator.policy import Decision, FleetMetrics
-from embedfleet_operator.resources import SELECTOR_LABEL, endpoint_url
+from embedfleet_operator.fleet import FleetMetrics
+from embedfleet_operator.policy import Decision
+from embedfleet_operator.resources import endpoint_url, label_selector
+from embedfleet_operator.spec import EmbeddingService
 
 Manifest = dict[str, Any]
 
@@ -25,11 +27,11 @@ class Condition:
 def merge_conditions(
     current: list[Manifest], wanted: list[Condition], *, generation: int, now: str
 ) -> list[Manifest]:
-    """New condition list; lastTransitionTime moves only when a condition's status changes.
-    Conditions of other types (another writer's, e.g. the autoscaler's) are kept as they are."""
+    """A writer's own conditions as written; lastTransitionTime moves only when a condition's
+    status changes. Other writers' conditions are theirs: status is applied per writer, and
+    the CRD's conditions are a map keyed by type, so entries merge one by one."""
     previous = {c.get("type"): c for c in current}
-    ours = {c.type for c in wanted}
-    merged = [c for c in current if c.get("type") not in ours]
+    merged = []
     for condition in wanted:
         before = previous.get(condition.type, {})
         changed = before.get("status") != condition.status
@@ -44,6 +46,18 @@ def merge_conditions(
             }
         )
     return merged
+
+
+def is_written(current: Manifest, part: Manifest) -> bool:
+    """Whether `current` status already holds a writer's `part` (then nothing is sent)."""
+    for key, value in part.items():
+        if key == "conditions":
+            held = {c.get("type"): c for c in current.get("conditions") or []}
+            if any(held.get(c["type"]) != c for c in value):
+                return False
+        elif current.get(key) != value:
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -167,7 +181,7 @@ def compute_conditions(
 
 
 def compute_status(
-    service: Manifest,
+    service: EmbeddingService,
     deployment: Manifest | None,
     pods: list[Manifest],
     *,
@@ -175,9 +189,9 @@ def compute_status(
     now: str,
     load_errors: Mapping[str, str] | None = None,
 ) -> Manifest:
-    current = service.get("status", {}) or {}
+    current = service.status
     deployment_status = (deployment or {}).get("status", {})
-    generation = int(service["metadata"].get("generation", 0))
+    generation = service.generation
     conditions = compute_conditions(
         deployment, pods, apply_error=apply_error, load_errors=load_errors
     )
@@ -188,14 +202,20 @@ def compute_status(
         ),
         "replicas": int(deployment_status.get("replicas", 0) or 0),
         "readyReplicas": int(deployment_status.get("readyReplicas", 0) or 0),
-        "selector": f"{SELECTOR_LABEL}={service['metadata']['name']}",
+        "selector": label_selector(service.name),
         "endpoint": endpoint_url(service),
     }
 
 
-def status_changes(current: Manifest, wanted: Manifest) -> Manifest:
-    """Only the fields that differ: status is written only when something changed."""
-    return {key: value for key, value in wanted.items() if current.get(key) != value}
+def invalid_status(current: Manifest, generation: int, problem: Problem, *, now: str) -> Manifest:
+    """The reconciler's part of status for a spec it cannot use at all."""
+    conditions = compute_conditions(None, [], apply_error=problem)
+    return {
+        "observedGeneration": generation,
+        "conditions": merge_conditions(
+            current.get("conditions", []) or [], conditions, generation=generation, now=now
+        ),
+    }
 
 
 def _rounded(value: float | None) -> float | None:
@@ -239,26 +259,62 @@ def scaling_conditions(decision: Decision | None, *, enabled: bool) -> list[Cond
     return [active, limited]
 
 
+LATE_SHARE = 0.2  # a tick that starts later than this share of its period is late
+
+
+def schedule_condition(late: float, skipped: int, period: float) -> Condition:
+    """Whether the autoscaler keeps its period: a late or skipped tick means the operator is
+    short of CPU or API time, and the fleet reacts that much later."""
+    if skipped or late > LATE_SHARE * period:
+        message = f"this tick started {late:.1f}s late (period {period:g}s)" + (
+            f"; {skipped} skipped before it" if skipped else ""
+        )
+        return Condition("ScalingOnSchedule", "False", "TicksLate", message)
+    return Condition(
+        "ScalingOnSchedule", "True", "OnSchedule",
+        f"ticks start within {LATE_SHARE:.0%} of the {period:g}s period",
+    )  # fmt: skip
+
+
 def autoscaling_status(
-    service: Manifest, decision: Decision | None, *, enabled: bool, scaled: bool, now: str
+    service: EmbeddingService,
+    decision: Decision | None,
+    *,
+    enabled: bool,
+    scaled: bool,
+    now: str,
+    schedule: Condition | None = None,
 ) -> Manifest:
     """The autoscaler's part of status; `scaled` when this tick changed the replica count."""
-    current = service.get("status", {}) or {}
-    generation = int(service["metadata"].get("generation", 0))
+    current = service.status
+    generation = service.generation
     conditions = scaling_conditions(decision, enabled=enabled)
+    if schedule is not None:
+        conditions.append(schedule)
     status: Manifest = {
         "conditions": merge_conditions(
             current.get("conditions", []) or [], conditions, generation=generation, now=now
         ),
     }
     if decision is None:
-        status["desiredReplicas"] = service["spec"].get("replicas", 1)
+        status["desiredReplicas"] = service.spec.replicas_when_fixed
         return status
     status["desiredReplicas"] = decision.replicas
+    # Applied as a whole each time: what this tick does not renew (the last scale, metrics
+    # when no worker reported) is carried over, or the apply would remove it.
+    last = {key: current[key] for key in _LAST_SCALE if key in current}
+    if scaled:
+        last = {
+            "lastScaleTime": now,
+            "lastScaleReason": decision.reason,
+            "lastScaleMessage": decision.message,
+        }
+    status.update(last)
     if decision.metrics is not None:
         status["metrics"] = metrics_status(decision.metrics)
-    if scaled:
-        status["lastScaleTime"] = now
-        status["lastScaleReason"] = decision.reason
-        status["lastScaleMessage"] = decision.message
+    elif current.get("metrics"):
+        status["metrics"] = current["metrics"]
     return status
+
+
+_LAST_SCALE = ("lastScaleTime", "lastScaleReason", "lastScaleMessage")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
 import aiohttp
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from embedfleet_operator.api_outage import ApiOutage, KopfRetryFilter, is_transient
+from embedfleet_operator.api_outage import ApiOutage, KopfRetryFilter, Retrying, is_transient
 
 
 @pytest.mark.parametrize(
@@ -66,3 +68,56 @@ def test_kopf_retry_messages_fold_into_the_outage(caplog: pytest.LogCaptureFixtu
         assert fold.filter(record("Timer 'autoscale' succeeded.")) is True
     assert outage.since is not None
     assert [r.levelname for r in caplog.records] == ["WARNING"]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def _attempts(*outcomes: BaseException | None) -> Any:
+    """An attempt that raises each outcome in turn (None: succeeds), counting its calls."""
+    pending = list(outcomes)
+    calls = []
+
+    async def attempt() -> None:
+        calls.append(1)
+        outcome = pending.pop(0) if pending else None
+        if outcome is not None:
+            raise outcome
+
+    attempt.calls = calls  # type: ignore[attr-defined]
+    return attempt
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "sleeps"),
+    [
+        ((ApiException(status=404),), []),  # gone: nothing left to do
+        ((ApiException(status=409), ApiException(status=503), None), [1.0, 1.0]),
+        ((aiohttp.ClientConnectionError("refused"), None), [1.0]),
+    ],
+    ids=["404-ends-quietly", "409-503-retried", "connection-retried"],
+)
+def test_the_retry_wrapper_maps_answers_to_retries(
+    outcomes: tuple[BaseException | None, ...], sleeps: list[float]
+) -> None:
+    clock = _Clock()
+    retrying = Retrying(ApiOutage(), sleep=clock.sleep, clock=lambda: clock.now)
+    asyncio.run(retrying(_attempts(*outcomes), "test"))
+    assert clock.slept == sleeps
+
+
+def test_a_refusal_for_good_raises_and_an_endless_outage_is_given_up_quietly() -> None:
+    clock = _Clock()
+    retrying = Retrying(ApiOutage(), retry_for=10.0, sleep=clock.sleep, clock=lambda: clock.now)
+    with pytest.raises(ApiException):
+        asyncio.run(retrying(_attempts(ApiException(status=422)), "test"))
+    endless = _attempts(*[ApiException(status=503)] * 100)
+    asyncio.run(retrying(endless, "test"))
+    assert len(endless.calls) == 11  # every second for 10 s, then the next tick takes over

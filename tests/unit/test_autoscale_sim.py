@@ -19,7 +19,7 @@ from bench._sim_run import RunResult, ScaleEvent, flaps
 from bench._sim_traces import DAY_S, make_trace
 from bench.autoscale_sim import acceptance, main, run_all
 from embedfleet_operator import policy as real_policy
-from embedfleet_operator.policy import PodObservation
+from embedfleet_operator.fleet import PodObservation
 
 CONFIG = SimConfig()
 TRACES = ("diurnal", "spike", "onoff", "ramp", "azure-conv", "azure-conv-24h")

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from embedfleet_operator import resources
+from embedfleet_operator.spec import parse_service
 from tests.unit.test_resources import BASE  # the builders' own sample EmbeddingService
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -217,7 +218,9 @@ def worker_stage() -> list[Instruction]:
 
 @pytest.fixture(scope="module")
 def worker_container() -> dict[str, Any]:
-    deployment = resources.build_deployment(copy.deepcopy(BASE), worker_image="unused")
+    deployment = resources.build_deployment(
+        parse_service(copy.deepcopy(BASE)), worker_image="unused"
+    )
     container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
     return container
 

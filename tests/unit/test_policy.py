@@ -7,16 +7,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from embedfleet_operator.policy import (
-    Decision,
-    History,
-    Observation,
-    PodMetrics,
-    PodObservation,
-    ScalingSpec,
-    decide,
-    remember,
-)
+from embedfleet_operator.fleet import Observation, PodMetrics, PodObservation
+from embedfleet_operator.policy import Decision, History, ScalingSpec, decide, remember
 
 NOW = 10_000.0
 

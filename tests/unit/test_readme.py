@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from embedfleet_operator.crd import reference_markdown
+from embedfleet_operator.crd_reference import reference_markdown
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -13,5 +13,5 @@ def test_crd_reference_in_readme_is_current() -> None:
     text = README.read_text()
     start = text.index("<!-- crd-reference:start")
     body = text[text.index("-->", start) + 4 : text.index("<!-- crd-reference:end -->")]
-    assert body == reference_markdown(), "regenerate: python -m embedfleet_operator.crd --markdown"
+    assert body == reference_markdown(), "regenerate: python -m embedfleet_operator.crd_reference"
     assert "`spec.autoscaling.idleTimeoutSeconds`" in body

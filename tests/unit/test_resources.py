@@ -9,11 +9,12 @@ import pytest
 
 from embedfleet_operator.resources import (
     build_deployment,
+    build_kubernetes_service,
     build_pdb,
-    build_service,
     endpoint_url,
     worker_environment,
 )
+from embedfleet_operator.spec import parse_service, parse_spec
 
 BASE: dict[str, Any] = {
     "apiVersion": "embedfleet.dev/v1alpha1",
@@ -35,7 +36,7 @@ OPERATORS_IMAGE = "registry.example.com/ml/worker:0.1.0"  # the operator's --wor
 
 
 def build(service: dict[str, Any], replicas: int | None = None) -> dict[str, Any]:
-    return build_deployment(service, worker_image=OPERATORS_IMAGE, replicas=replicas)
+    return build_deployment(parse_service(service), worker_image=OPERATORS_IMAGE, replicas=replicas)
 
 
 def service_with(**spec: Any) -> dict[str, Any]:
@@ -130,13 +131,15 @@ def test_explicit_replicas_are_set_when_given() -> None:
 
 
 def test_service_and_endpoint() -> None:
-    service = build_service(service_with(service={"type": "NodePort", "port": 9000}))
+    service = build_kubernetes_service(
+        parse_service(service_with(service={"type": "NodePort", "port": 9000}))
+    )
     assert service["spec"]["type"] == "NodePort"
     assert service["spec"]["ports"][0] == {
         "name": "http", "port": 9000, "targetPort": "http", "protocol": "TCP"
     }  # fmt: skip
     assert service["spec"]["selector"] == {"embedfleet.dev/service": "qwen3-4b"}
-    assert endpoint_url(BASE) == "http://qwen3-4b.ml.svc:8000/v1"
+    assert endpoint_url(parse_service(BASE)) == "http://qwen3-4b.ml.svc:8000/v1"
 
 
 @pytest.mark.parametrize(
@@ -151,14 +154,14 @@ def test_service_and_endpoint() -> None:
 def test_pdb_only_when_more_than_one_replica_is_allowed(
     spec: dict[str, Any], has_pdb: bool
 ) -> None:
-    pdb = build_pdb(service_with(**spec))
+    pdb = build_pdb(parse_service(service_with(**spec)))
     assert (pdb is not None) == has_pdb
     if pdb is not None:
         assert pdb["spec"]["maxUnavailable"] == 1
 
 
 def test_unset_engine_knobs_are_not_passed() -> None:
-    names = {e["name"] for e in worker_environment({"model": {"name": "m"}})}
+    names = {e["name"] for e in worker_environment(parse_spec({"model": {"name": "m"}}))}
     assert "EMBEDFLEET_MAX_INPUT_TOKENS" not in names
     assert "EMBEDFLEET_DEFAULT_INSTRUCTION" not in names
 

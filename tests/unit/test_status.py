@@ -7,15 +7,18 @@ from typing import Any
 
 import pytest
 
-from embedfleet_operator.policy import Decision, FleetMetrics
+from embedfleet_operator.fleet import FleetMetrics
+from embedfleet_operator.policy import Decision
+from embedfleet_operator.spec import parse_service
 from embedfleet_operator.status import (
     Condition,
     Problem,
     autoscaling_status,
     compute_conditions,
+    is_written,
     merge_conditions,
     pod_problem,
-    status_changes,
+    schedule_condition,
 )
 
 
@@ -161,11 +164,33 @@ def test_transition_time_moves_only_when_status_changes() -> None:
     assert same[0]["observedGeneration"] == 2
 
 
-def test_status_changes_keeps_only_differences() -> None:
-    assert status_changes({"replicas": 1, "endpoint": "e"}, {"replicas": 1, "endpoint": "f"}) == {
-        "endpoint": "f"
+def test_a_writers_part_is_written_only_when_it_differs() -> None:
+    current = {
+        "replicas": 1,
+        "conditions": [
+            {"type": "Ready", "status": "True", "reason": "WorkersReady"},
+            {"type": "ScalingActive", "status": "True", "reason": "ValidMetricsFound"},
+        ],
     }
-    assert status_changes({"replicas": 1}, {"replicas": 1}) == {}
+    ours = {"replicas": 1, "conditions": [current["conditions"][0]]}
+    assert is_written(current, ours)  # another writer's condition is not ours to compare
+    assert not is_written(current, {**ours, "replicas": 2})
+    flipped = {**current["conditions"][0], "status": "False"}
+    assert not is_written(current, {"conditions": [flipped]})
+    assert not is_written({}, {"conditions": [flipped]})
+
+
+@pytest.mark.parametrize(
+    ("late", "skipped", "status", "says"),
+    [(0.0, 0, "True", "within 20%"), (2.9, 0, "True", "within"), (3.1, 0, "False", "3.1s late"),
+     (0.5, 2, "False", "2 skipped")],
+)  # fmt: skip
+def test_a_late_or_skipped_tick_is_a_condition(
+    late: float, skipped: int, status: str, says: str
+) -> None:
+    condition = schedule_condition(late, skipped, 15.0)
+    assert (condition.type, condition.status) == ("ScalingOnSchedule", status)
+    assert says in condition.message
 
 
 METRICS = FleetMetrics(
@@ -173,11 +198,18 @@ METRICS = FleetMetrics(
     requests_per_second=12.5, tokens_per_second=900.0, queue_tokens=0.0, reporting_pods=2,
     missing_pods=0,
 )  # fmt: skip
-SERVICE: dict[str, Any] = {
-    "metadata": {"generation": 3},
-    "spec": {"replicas": 2},
-    "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "WorkersReady"}]},
-}
+SERVICE = parse_service(
+    {
+        "metadata": {"name": "s", "namespace": "ml", "generation": 3},
+        "spec": {"model": {"name": "m"}, "replicas": 2},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True", "reason": "WorkersReady"}],
+            "lastScaleTime": "earlier",
+            "lastScaleReason": "Before",
+            "lastScaleMessage": "m0",
+        },
+    }
+)
 
 
 @pytest.mark.parametrize(
@@ -206,9 +238,11 @@ def test_autoscaling_status(
     conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
     assert conditions["ScalingActive"] == active
     assert conditions["ScalingLimited"] == limited
-    assert conditions["Ready"] == ("True", "WorkersReady")  # another writer's condition stays
+    assert "Ready" not in conditions  # the reconciler's condition: not the autoscaler's to write
     assert status["desiredReplicas"] == (decision.replicas if decision else 2)
-    assert ("lastScaleTime" in status) == scale_fields
+    if decision is not None:
+        # Applied whole: the last scale is renewed when this tick scaled, else carried over.
+        assert status["lastScaleTime"] == ("t" if scale_fields else "earlier")
     if decision is not None:
         assert status["metrics"]["utilizationPercent"] == 71.23
         assert "gpuUtilizationPercent" not in status["metrics"]  # no GPU: absent, not zero

@@ -1,0 +1,114 @@
+"""Watch-fed caches of the objects the operator reads on every pass: the workers' Deployments,
+Kubernetes Services, PodDisruptionBudgets, pods and EndpointSlices, kept by kopf indexes (one
+watch stream per kind, the informer pattern) instead of four API calls per service per tick.
+Each entry is keyed by (namespace, EmbeddingService name).
+
+At 200 services the per-tick reads were most of the operator's CPU and a tick took 3.2 s
+(issue 16); reading a dict here costs microseconds."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import kopf
+
+from embedfleet_operator.crd import GROUP, PLURAL, VERSION
+from embedfleet_operator.resources import MANAGED_BY_LABELS, SELECTOR_LABEL
+
+Manifest = dict[str, Any]
+Key = tuple[str, str]  # (namespace, EmbeddingService name)
+
+# The index names are the kwargs kopf passes them as.
+DEPLOYMENTS, SERVICES, PDBS = "embedfleet_deployments", "embedfleet_services", "embedfleet_pdbs"
+PODS, SLICES = "embedfleet_pods", "embedfleet_slices"
+EMBEDDING_SERVICES = "embedfleet_embedding_services"  # the resources themselves, by name
+
+
+class ClusterCache(Protocol):
+    """What the reconciler and the autoscaler read of the cluster."""
+
+    def deployment(self, namespace: str, name: str) -> Manifest | None: ...
+
+    def kubernetes_service(self, namespace: str, name: str) -> Manifest | None: ...
+
+    def pdb(self, namespace: str, name: str) -> Manifest | None: ...
+
+    def pods(self, namespace: str, name: str) -> list[Manifest]: ...
+
+    def endpoint_slices(self, namespace: str, name: str) -> list[Manifest]: ...
+
+
+class IndexCache:
+    """ClusterCache over kopf's indexes (live mappings of key -> store of values)."""
+
+    def __init__(self, indexes: Mapping[str, Mapping[Key, Any]]) -> None:
+        self._indexes = indexes
+
+    def _all(self, index: str, namespace: str, name: str) -> list[Manifest]:
+        store = self._indexes[index].get((namespace, name))
+        return sorted(store or (), key=lambda o: o["metadata"]["name"])
+
+    def _one(self, index: str, namespace: str, name: str) -> Manifest | None:
+        # Owned objects carry the service's name; another object with the label is not ours.
+        found = [o for o in self._all(index, namespace, name) if o["metadata"]["name"] == name]
+        return found[0] if found else None
+
+    def deployment(self, namespace: str, name: str) -> Manifest | None:
+        return self._one(DEPLOYMENTS, namespace, name)
+
+    def kubernetes_service(self, namespace: str, name: str) -> Manifest | None:
+        return self._one(SERVICES, namespace, name)
+
+    def pdb(self, namespace: str, name: str) -> Manifest | None:
+        return self._one(PDBS, namespace, name)
+
+    def pods(self, namespace: str, name: str) -> list[Manifest]:
+        return self._all(PODS, namespace, name)
+
+    def endpoint_slices(self, namespace: str, name: str) -> list[Manifest]:
+        return self._all(SLICES, namespace, name)
+
+
+def _by_service(body: kopf.Body) -> dict[Key, Manifest] | None:
+    labels = body.metadata.labels
+    service = labels.get(SELECTOR_LABEL)
+    if not service or body.metadata.namespace is None:
+        return None
+    return {(body.metadata.namespace, service): dict(body)}
+
+
+def _by_service_name(body: kopf.Body) -> dict[Key, Manifest] | None:
+    service = body.metadata.labels.get("kubernetes.io/service-name")
+    if not service or body.metadata.namespace is None:
+        return None
+    return {(body.metadata.namespace, service): dict(body)}
+
+
+def register() -> None:
+    """The kopf indexes behind IndexCache (called once, before kopf runs)."""
+
+    def index_embedding_services(body: kopf.Body, **_: Any) -> dict[Key, Manifest] | None:
+        if body.metadata.namespace is None or body.metadata.name is None:
+            return None
+        return {(body.metadata.namespace, body.metadata.name): dict(body)}
+
+    kopf.index(GROUP, VERSION, PLURAL, id=EMBEDDING_SERVICES)(index_embedding_services)
+    ours = dict(MANAGED_BY_LABELS)
+    for index, group, version, plural in (
+        (DEPLOYMENTS, "apps", "v1", "deployments"),
+        (SERVICES, "", "v1", "services"),
+        (PDBS, "policy", "v1", "poddisruptionbudgets"),
+        (PODS, "", "v1", "pods"),
+    ):
+
+        def index_one(body: kopf.Body, **_: Any) -> dict[Key, Manifest] | None:
+            return _by_service(body)
+
+        kopf.index(group, version, plural, id=index, labels=ours)(index_one)
+
+    # The EndpointSlice controller copies the Kubernetes Service's labels onto its slices.
+    def index_slices(body: kopf.Body, **_: Any) -> dict[Key, Manifest] | None:
+        return _by_service_name(body)
+
+    kopf.index("discovery.k8s.io", "v1", "endpointslices", id=SLICES, labels=ours)(index_slices)
