@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
+from embedfleet_worker.engine.executor import EngineConfig
 from embedfleet_worker.settings import WorkerSettings, parse_settings
 
 
@@ -59,3 +61,18 @@ def test_fused_norms_is_opt_in_by_flag_or_environment() -> None:
     assert parse_settings([], environ={}).fused_norms is False
     assert parse_settings(["--fused-norms"], environ={}).fused_norms is True
     assert parse_settings([], environ={"EMBEDFLEET_FUSED_NORMS": "1"}).fused_norms is True
+
+
+def test_the_engine_configs_settings_are_the_workers() -> None:
+    """EngineConfig's fields that are settings take their defaults from the one declaration,
+    and `from_settings` their values; its own knobs keep their defaults."""
+    shared = {f.name for f in fields(EngineConfig)} & {f.name for f in fields(WorkerSettings)}
+    assert shared == {"max_batch_tokens", "max_batch_size", "max_queue_tokens"}
+    assert all(getattr(EngineConfig(), n) == getattr(WorkerSettings(), n) for n in shared)
+    settings = parse_settings(
+        ["--max-batch-tokens", "4096", "--max-batch-size", "8"],
+        environ={"EMBEDFLEET_MAX_QUEUE_TOKENS": "9999"},
+    )
+    assert EngineConfig.from_settings(settings) == EngineConfig(
+        max_batch_tokens=4096, max_batch_size=8, max_queue_tokens=9999
+    )

@@ -14,7 +14,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Protocol
 
 import numpy as np
@@ -31,6 +31,7 @@ from embedfleet_worker.engine.pooling import finalize_rows
 from embedfleet_worker.engine.scheduler import ScheduledRequest, Scheduler, SchedulerLimits
 from embedfleet_worker.engine.tokenization import Input, InputEncoder, RequestEncoder
 from embedfleet_worker.model.runners.base import EmbeddingRunner, SteppedRunner
+from embedfleet_worker.settings import WorkerSettings
 
 Vectors = npt.NDArray[np.float32]
 
@@ -51,14 +52,21 @@ Completion = Callable[[EmbeddingResult | None, Exception | None], None]
 
 @dataclass(frozen=True)
 class EngineConfig:
-    max_batch_tokens: int = 16384
-    max_batch_size: int = 256
-    max_queue_tokens: int = 1 << 20  # admission bound; beyond it requests get 429
+    # Worker settings (`serve` flags): their defaults are the declaration's, in settings.py.
+    max_batch_tokens: int = WorkerSettings.max_batch_tokens
+    max_batch_size: int = WorkerSettings.max_batch_size
+    max_queue_tokens: int = WorkerSettings.max_queue_tokens  # admission; beyond it: 429
     # Requests with at most this many tokens left (single queries) jump ahead, and while one
     # waits bulk inputs fill its batch only up to interactive_batch_tokens (latency).
     interactive_tokens: int = 512
     interactive_batch_tokens: int = 2048
     tokenizer_threads: int = 2
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> EngineConfig:
+        """The worker's settings of the same names; the other knobs keep their defaults."""
+        names = {f.name for f in fields(WorkerSettings)}
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls) if f.name in names})
 
 
 class EngineObserver(Protocol):

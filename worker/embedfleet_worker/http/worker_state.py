@@ -133,11 +133,7 @@ class WorkerState:
             offline=s.offline,
             fused_norms=s.fused_norms,
         )
-        config = EngineConfig(
-            max_batch_tokens=s.max_batch_tokens,
-            max_batch_size=s.max_batch_size,
-            max_queue_tokens=s.max_queue_tokens,
-        )
+        config = EngineConfig.from_settings(s)
         try:
             if self.engine_socket is not None:  # a further API process: the engine runs
                 engine = await EngineClient.attach(
