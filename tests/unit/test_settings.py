@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from embedfleet_operator.crd import spec_schema
+from embedfleet_operator.resources import build_deployment
 from embedfleet_worker.engine.executor import EngineConfig
-from embedfleet_worker.settings import WorkerSettings, parse_settings
+from embedfleet_worker.settings import (
+    ENV_PREFIX,
+    WorkerSettings,
+    environment_names,
+    parse_settings,
+)
 
 
 @pytest.mark.parametrize(
@@ -75,4 +83,82 @@ def test_the_engine_configs_settings_are_the_workers() -> None:
     )
     assert EngineConfig.from_settings(settings) == EngineConfig(
         max_batch_tokens=4096, max_batch_size=8, max_queue_tokens=9999
+    )
+
+
+# An EmbeddingService with every engine field (and the model's) set to a value that is not
+# its default, so a variable the worker ignored or misread would show.
+ENGINE: dict[str, Any] = {
+    "maxBatchTokens": 4096,
+    "maxBatchSize": 64,
+    "maxInputTokens": 512,
+    "maxQueueTokens": 65536,
+    "maxInputsPerRequest": 100,
+    "defaultInstruction": "Given a web search query, retrieve relevant passages",
+    "drainTimeoutSeconds": 45,
+    "maxConnectionAgeSeconds": 2.5,
+    "maxConnectionRequests": 100,
+}
+SERVICE: dict[str, Any] = {
+    "apiVersion": "embedfleet.dev/v1alpha1",
+    "kind": "EmbeddingService",
+    "metadata": {"name": "qwen3-4b", "namespace": "ml", "uid": "u-1"},
+    "spec": {
+        "model": {"name": "Qwen/Qwen3-Embedding-4B", "revision": "v1.0", "dtype": "float16"},
+        "resources": {"gpus": 1},
+        "engine": ENGINE,
+        "apiKeySecretRef": {"name": "embedding-keys", "key": "token"},
+    },
+}
+# What the worker should make of the Deployment built for SERVICE: one entry per setting the
+# operator sets (the test below fails on a variable this does not name).
+INTENDED: dict[str, Any] = {
+    "model": "Qwen/Qwen3-Embedding-4B",
+    "revision": "v1.0",
+    "dtype": "float16",
+    "device": "cuda",
+    "host": "0.0.0.0",
+    "port": 8000,  # also the worker's default: the one setting here that does not tell
+    "max_batch_tokens": 4096,
+    "max_batch_size": 64,
+    "max_input_tokens": 512,
+    "max_queue_tokens": 65536,
+    "max_inputs_per_request": 100,
+    "default_instruction": "Given a web search query, retrieve relevant passages",
+    "drain_timeout_seconds": 45.0,
+    "max_connection_age_seconds": 2.5,
+    "max_connection_requests": 100,
+    "served_model_names": ("Qwen/Qwen3-Embedding-4B",),
+    "model_cache_dir": Path("/models"),
+    "api_key_file": Path("/etc/embedfleet/api-key/token"),
+}
+
+
+def operator_environment(service: dict[str, Any]) -> dict[str, str]:
+    """The worker container's environment in the Deployment the operator builds for
+    `service` (the one place this test knows the operator's builder)."""
+    deployment = build_deployment(service, worker_image="x")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = [(e["name"], e["value"]) for e in container["env"]]
+    assert len(dict(env)) == len(env), "a variable set twice"
+    return dict(env)
+
+
+def test_the_sample_sets_every_engine_field_to_a_value_not_its_default() -> None:
+    engine = spec_schema()["properties"]["engine"]["properties"]
+    assert set(ENGINE) == set(engine)
+    assert [k for k, v in ENGINE.items() if v == engine[k].get("default")] == []
+
+
+def test_every_variable_the_operator_writes_reaches_the_worker_with_its_value() -> None:
+    environ = operator_environment(SERVICE)
+    ours = {name for name in environ if name.startswith(ENV_PREFIX)}
+    known = environment_names()
+    assert sorted(ours - set(known)) == []  # the worker would ignore them
+    assert {known[name] for name in ours} == set(INTENDED)
+    settings = parse_settings([], environ)
+    assert {k: getattr(settings, k) for k in INTENDED} == INTENDED
+    defaults = WorkerSettings()
+    assert all(
+        getattr(settings, k) == getattr(defaults, k) for k in set(known.values()) - set(INTENDED)
     )
