@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from embedfleet_operator.refusals import MOMENTARY_STATUSES
+
 log = logging.getLogger("embedfleet.operator")
 
 RETRY_SECONDS = 1.0
@@ -25,9 +27,9 @@ RETRY_SECONDS = 1.0
 # the work up (kopf runs nothing else for that resource while a handler runs).
 RETRY_FOR_SECONDS = 60.0
 SETTLE_SECONDS = 30.0  # failures this soon after an outage ended still belong to it
-# Answers that say "not now" rather than "no": a conflict with a concurrent write, throttling,
-# and a server or gateway in trouble (an apiserver starting up answers 500 or 503 for a while).
-TRANSIENT_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+# The moment's answers (refusals.py), and a 500: an apiserver starting up answers 500 or 503
+# for a while. (A 500 that repeats for one spec is the spec's: refusals.py stops it.)
+TRANSIENT_STATUSES = MOMENTARY_STATUSES | {500}
 KOPF_RETRY_PREFIX = "Request attempt"  # kopf's "Request attempt #N/M failed; will retry: ..."
 
 

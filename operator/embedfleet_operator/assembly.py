@@ -22,7 +22,7 @@ from embedfleet_operator.events import Event
 from embedfleet_operator.kube import Kube
 from embedfleet_operator.operator_metrics import OperatorMetrics
 from embedfleet_operator.reconciler import Reconciler
-from embedfleet_operator.settings import OperatorSettings
+from embedfleet_operator.settings import EmbedfleetSettings
 from embedfleet_operator.spec import EmbeddingService
 
 MAX_CONCURRENT_PASSES = 16  # reconciles and ticks running at once, across services
@@ -37,7 +37,7 @@ class KopfEvents:
         kopf.event(cast(Any, ref), type=event.type, reason=event.reason, message=event.message)
 
 
-def configure_kopf(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
+def configure_kopf(settings: kopf.OperatorSettings, ours: EmbedfleetSettings) -> None:
     settings.peering.name, settings.peering.priority = ours.peering, ours.priority
     settings.peering.mandatory = True
     settings.persistence.finalizer = f"{GROUP}/operator"
@@ -51,7 +51,7 @@ def configure_kopf(settings: kopf.OperatorSettings, ours: OperatorSettings) -> N
 
 
 async def start(memo: kopf.Memo, indexes: dict[str, Any]) -> None:
-    ours: OperatorSettings = memo.settings
+    ours: EmbedfleetSettings = memo.settings
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:

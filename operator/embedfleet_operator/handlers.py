@@ -13,7 +13,7 @@ import kopf
 
 from embedfleet_operator import assembly, cache
 from embedfleet_operator.crd import GROUP, KIND, PLURAL, VERSION
-from embedfleet_operator.settings import OperatorSettings
+from embedfleet_operator.settings import EmbedfleetSettings
 from embedfleet_operator.spec import SpecError, parse_service
 from embedfleet_operator.ticks import ServiceLoop
 
@@ -67,7 +67,7 @@ async def forget(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 async def schedule(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
     """One service's autoscaling ticks and resyncs, spread and bounded (ticks.py)."""
-    ours: OperatorSettings = memo.settings
+    ours: EmbedfleetSettings = memo.settings
     loop = ServiceLoop(
         uid=body.metadata.uid or "", tick_seconds=ours.autoscale_seconds,
         resync_seconds=ours.resync_seconds, gate=memo.gate, clock=time.monotonic,

@@ -22,7 +22,10 @@ from embedfleet_operator.status import Problem
 REPEATS_BEFORE_PERMANENT = 3
 FIRST_RETRY_SECONDS = 15.0  # a 500 that repeated: tried again after this, then doubling
 PERMANENT_RETRY_SECONDS = 600.0
-TRANSIENT_STATUSES = frozenset({409, 429, 502, 503, 504})  # always retried, like an outage
+# Answers that say "not now" rather than "no": a conflict with a concurrent write, throttling,
+# a gateway or an apiserver that is not ready. Always retried, like an outage; a 500 is too,
+# until it repeats for one generation (api_outage.py retries these and 500).
+MOMENTARY_STATUSES = frozenset({409, 429, 502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ def refused(
 ) -> Refusal | None:
     """The record after the apiserver refused `generation` with `status`; None when the
     refusal is a moment's (a conflict, throttling), which is always retried."""
-    if status in TRANSIENT_STATUSES:
+    if status in MOMENTARY_STATUSES:
         return None
     same = previous is not None and previous.generation == generation
     count = previous.count + 1 if same and previous is not None else 1

@@ -17,7 +17,7 @@ from embedfleet_operator.api_outage import ApiOutage, Retrying
 from embedfleet_operator.autoscaler import Autoscaler
 from embedfleet_operator.operator_metrics import OperatorMetrics
 from embedfleet_operator.reconciler import Reconciler
-from embedfleet_operator.settings import OperatorSettings
+from embedfleet_operator.settings import EmbedfleetSettings
 from tests.unit.operator_fakes import Events, FakeCache, FakeKube, api_error, body
 
 
@@ -29,7 +29,7 @@ def parts(fail: Any = None, **settings: Any) -> tuple[kopf.Memo, FakeKube]:
     http = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(503)))
     events = Events()
     memo = kopf.Memo(
-        settings=OperatorSettings(**settings),
+        settings=EmbedfleetSettings(**settings),
         reconciler=Reconciler(
             kube, fake_cache, http, events, worker_image="w:1", probe_timeout_seconds=1.0
         ),

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from embedfleet_operator.settings import OperatorSettings, parse_settings
+from embedfleet_operator.settings import EmbedfleetSettings, parse_settings
 
 
 def test_defaults() -> None:
     settings = parse_settings([], environ={})
-    assert settings == OperatorSettings()
+    assert settings == EmbedfleetSettings()
     assert (settings.autoscale_seconds, settings.scrape_timeout_seconds) == (15.0, 2.0)
     assert settings.metrics_address is None
 

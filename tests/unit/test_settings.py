@@ -10,6 +10,7 @@ import pytest
 
 from embedfleet_operator.crd import spec_schema
 from embedfleet_operator.resources import build_deployment
+from embedfleet_operator.spec import parse_service
 from embedfleet_worker.engine.executor import EngineConfig
 from embedfleet_worker.settings import (
     ENV_PREFIX,
@@ -137,7 +138,7 @@ INTENDED: dict[str, Any] = {
 def operator_environment(service: dict[str, Any]) -> dict[str, str]:
     """The worker container's environment in the Deployment the operator builds for
     `service` (the one place this test knows the operator's builder)."""
-    deployment = build_deployment(service, worker_image="x")
+    deployment = build_deployment(parse_service(service), worker_image="x")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     env = [(e["name"], e["value"]) for e in container["env"]]
     assert len(dict(env)) == len(env), "a variable set twice"
