@@ -163,3 +163,17 @@ def test_every_variable_the_operator_writes_reaches_the_worker_with_its_value() 
     assert all(
         getattr(settings, k) == getattr(defaults, k) for k in set(known.values()) - set(INTENDED)
     )
+
+
+def test_a_worker_started_by_hand_has_the_crds_engine_defaults() -> None:
+    """The operator always passes the engine settings, but `embedfleet-worker serve` started
+    by hand uses its own defaults: they are checked against the CRD's (spec.py), so the two
+    never drift apart (neither package imports the other at run time)."""
+    from embedfleet_operator.spec import EngineSpec
+
+    worker = WorkerSettings()
+    engine = EngineSpec()
+    shared = {f.name for f in fields(EngineSpec)} & {f.name for f in fields(WorkerSettings)}
+    assert {"max_batch_tokens", "max_batch_size", "max_queue_tokens"} <= shared
+    for name in sorted(shared):
+        assert getattr(worker, name) == getattr(engine, name), name
