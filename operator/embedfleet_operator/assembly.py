@@ -64,12 +64,13 @@ async def start(memo: kopf.Memo, indexes: dict[str, Any]) -> None:
             int(port), addr=host or "0.0.0.0", registry=metrics.registry
         )
     memo.http = http = httpx.AsyncClient(follow_redirects=False)
-    seen = cache.IndexCache(indexes)
+    memo.cache = seen = cache.IndexCache(indexes)
     memo.services = indexes[cache.EMBEDDING_SERVICES]
     events = KopfEvents()
     memo.reconciler = Reconciler(
         kube, seen, http, events,
-        worker_image=ours.worker_image, probe_timeout_seconds=ours.scrape_timeout_seconds,
+        worker_image=ours.worker_image, activator_image=ours.activator_image,
+        probe_timeout_seconds=ours.scrape_timeout_seconds,
     )  # fmt: skip
     memo.autoscaler = Autoscaler(
         kube, seen, http, metrics, events,

@@ -6,6 +6,7 @@ it starts empty, which the policy treats conservatively (StartupHold)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -20,7 +21,12 @@ from embedfleet_operator.kube import KubeWrites
 from embedfleet_operator.observer import Scraper, ready_targets
 from embedfleet_operator.operator_metrics import OperatorMetrics
 from embedfleet_operator.policy import Decision, History, ScalingSpec, decide, remember
-from embedfleet_operator.reconcile_plan import unready_pod_names
+from embedfleet_operator.reconcile_plan import Live, route_to_activator, unready_pod_names
+from embedfleet_operator.resources import (
+    build_kubernetes_service,
+    scales_to_zero,
+    workers_service_name,
+)
 from embedfleet_operator.spec import EmbeddingService
 from embedfleet_operator.status import (
     Condition,
@@ -101,7 +107,10 @@ class Autoscaler:
             state = _ServiceState(Scraper(self._http, self._scrape_timeout))
             self._services[service.uid] = state
         pods = self._cache.pods(namespace, name)
-        targets = ready_targets(self._cache.endpoint_slices(namespace, name), pods)
+        # A scale-to-zero service's own Service may point at its activator: the workers'
+        # Service always lists the workers.
+        listed = workers_service_name(name) if scales_to_zero(service.spec) else name
+        targets = ready_targets(self._cache.endpoint_slices(namespace, listed), pods)
         scrape = await state.scraper.scrape(targets, now)
         labels = (namespace, name)
         self._metrics.scrapes.labels(*labels).inc(len(targets))
@@ -118,10 +127,48 @@ class Autoscaler:
         self._record(labels, decision, scaling)
         scaled = decision.replicas != current
         if scaled:
+            if decision.replicas == 0:
+                await self._route_to_activator(service)
             await self._kube.scale(namespace, name, decision.replicas)
             direction = "up" if decision.replicas > current else "down"
             self._metrics.scale_events.labels(*labels, direction).inc()
         return TickResult(decision, current, scaled)
+
+    async def _route_to_activator(self, service: EmbeddingService) -> None:
+        """Before the last worker goes: the Kubernetes Service points at the activator, so no
+        request meets an empty Service in between (the reconciler keeps it so)."""
+        live = Live(deployment={"spec": {"replicas": 0}},
+                    activator=self._cache.activator(service.namespace, service.name))  # fmt: skip
+        if route_to_activator(service, live):
+            await self._kube.apply(build_kubernetes_service(service, to_activator=True))
+
+    async def activate(self, service: EmbeddingService) -> bool:
+        """Demand at the activator while the fleet is at zero: scale up now, not at the next
+        tick. Whether it scaled (False: workers were already asked for)."""
+        deployment = self._cache.deployment(service.namespace, service.name)
+        if deployment is None or int((deployment.get("spec") or {}).get("replicas") or 0) > 0:
+            return False
+        now = self._clock()
+        wanted = max(1, service.spec.autoscaling.min_replicas)
+        await self._kube.scale(service.namespace, service.name, wanted)
+        decision = Decision(
+            wanted, "ScaledFromZero",
+            "a request reached the activator while no worker was running", wanted,
+        )  # fmt: skip
+        state = self._services.get(service.uid)
+        if state is not None:  # the window now holds this scale-up, and the fleet is active
+            scaling = ScalingSpec.from_spec(service.spec, tick_seconds=self._tick)
+            state.history = remember(state.history, Observation(0, ()), decision, scaling, now)
+            state.history = dataclasses.replace(state.history, last_activity=now)
+        self._metrics.scale_events.labels(service.namespace, service.name, "up").inc()
+        kept = next((c for c in service.status.get("conditions") or []
+                     if c.get("type") == "ScalingOnSchedule"), None)  # fmt: skip
+        schedule = (
+            Condition(kept["type"], kept["status"], kept.get("reason", ""), kept.get("message", ""))
+            if kept else None
+        )  # fmt: skip
+        await self._write_status(service, TickResult(decision, 0, scaled=True), schedule)
+        return True
 
     def _record(self, labels: tuple[str, str], decision: Decision, scaling: ScalingSpec) -> None:
         self._metrics.decisions.labels(*labels, decision.reason).inc()
@@ -134,7 +181,7 @@ class Autoscaler:
                 self._metrics.utilization.labels(*labels).set(decision.metrics.utilization_percent)
 
     async def _write_status(
-        self, service: EmbeddingService, result: TickResult, schedule: Condition
+        self, service: EmbeddingService, result: TickResult, schedule: Condition | None
     ) -> None:
         decision = result.decision
         wanted = autoscaling_status(
@@ -149,6 +196,8 @@ class Autoscaler:
             return
         before = result.previous_replicas or 0
         direction = "ScaledUp" if decision.replicas > before else "ScaledDown"
+        if decision.reason == "ScaledFromZero":
+            direction = "ScaledFromZero"
         message = f"{before} -> {decision.replicas} replicas: {decision.reason}: {decision.message}"
         self._events.post(service, Event("Normal", direction, message))
         log.info("scaled %s/%s %s", service.namespace, service.name, message)

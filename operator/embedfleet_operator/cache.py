@@ -14,7 +14,13 @@ from typing import Any, Protocol
 import kopf
 
 from embedfleet_operator.crd import GROUP, PLURAL, VERSION
-from embedfleet_operator.resources import MANAGED_BY_LABELS, SELECTOR_LABEL
+from embedfleet_operator.resources import (
+    ACTIVATOR_LABEL,
+    MANAGED_BY_LABELS,
+    SELECTOR_LABEL,
+    activator_name,
+    workers_service_name,
+)
 
 Manifest = dict[str, Any]
 Key = tuple[str, str]  # (namespace, EmbeddingService name)
@@ -22,6 +28,7 @@ Key = tuple[str, str]  # (namespace, EmbeddingService name)
 # The index names are the kwargs kopf passes them as.
 DEPLOYMENTS, SERVICES, PDBS = "embedfleet_deployments", "embedfleet_services", "embedfleet_pdbs"
 PODS, SLICES = "embedfleet_pods", "embedfleet_slices"
+ACTIVATOR_PODS = "embedfleet_activator_pods"
 EMBEDDING_SERVICES = "embedfleet_embedding_services"  # the resources themselves, by name
 
 
@@ -38,6 +45,12 @@ class ClusterCache(Protocol):
 
     def endpoint_slices(self, namespace: str, name: str) -> list[Manifest]: ...
 
+    def workers_service(self, namespace: str, name: str) -> Manifest | None: ...
+
+    def activator(self, namespace: str, name: str) -> Manifest | None: ...
+
+    def activator_pods(self, namespace: str, name: str) -> list[Manifest]: ...
+
 
 class IndexCache:
     """ClusterCache over kopf's indexes (live mappings of key -> store of values)."""
@@ -49,9 +62,12 @@ class IndexCache:
         store = self._indexes[index].get((namespace, name))
         return sorted(store or (), key=lambda o: o["metadata"]["name"])
 
-    def _one(self, index: str, namespace: str, name: str) -> Manifest | None:
-        # Owned objects carry the service's name; another object with the label is not ours.
-        found = [o for o in self._all(index, namespace, name) if o["metadata"]["name"] == name]
+    def _one(
+        self, index: str, namespace: str, name: str, object_name: str | None = None
+    ) -> Manifest | None:
+        # Owned objects are named after the service; another object with the label is not ours.
+        wanted = object_name or name
+        found = [o for o in self._all(index, namespace, name) if o["metadata"]["name"] == wanted]
         return found[0] if found else None
 
     def deployment(self, namespace: str, name: str) -> Manifest | None:
@@ -68,6 +84,15 @@ class IndexCache:
 
     def endpoint_slices(self, namespace: str, name: str) -> list[Manifest]:
         return self._all(SLICES, namespace, name)
+
+    def workers_service(self, namespace: str, name: str) -> Manifest | None:
+        return self._one(SERVICES, namespace, name, workers_service_name(name))
+
+    def activator(self, namespace: str, name: str) -> Manifest | None:
+        return self._one(DEPLOYMENTS, namespace, name, activator_name(name))
+
+    def activator_pods(self, namespace: str, name: str) -> list[Manifest]:
+        return self._all(ACTIVATOR_PODS, namespace, name)
 
 
 def _by_service(body: kopf.Body) -> dict[Key, Manifest] | None:
@@ -106,6 +131,14 @@ def register() -> None:
             return _by_service(body)
 
         kopf.index(group, version, plural, id=index, labels=ours)(index_one)
+
+    def index_activator_pods(body: kopf.Body, **_: Any) -> dict[Key, Manifest] | None:
+        service = body.metadata.labels.get(ACTIVATOR_LABEL)
+        if not service or body.metadata.namespace is None:
+            return None
+        return {(body.metadata.namespace, service): dict(body)}
+
+    kopf.index("", "v1", "pods", id=ACTIVATOR_PODS, labels=ours)(index_activator_pods)
 
     # The EndpointSlice controller copies the Kubernetes Service's labels onto its slices.
     def index_slices(body: kopf.Body, **_: Any) -> dict[Key, Manifest] | None:

@@ -18,6 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("run", help="run the operator (flags: `run --help`)", add_help=False)
+    commands.add_parser(
+        "activate",
+        help="run a scale-to-zero service's activator (flags: `activate --help`)",
+        add_help=False,
+    )
     return parser
 
 
@@ -25,6 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "run":
         return run(args[1:])
+    if args and args[0] == "activate":
+        from embedfleet_operator import activator  # aiohttp only: no kopf
+
+        return activator.run(args[1:])
     build_parser().parse_args(args)
     build_parser().print_help()
     return 2

@@ -5,6 +5,7 @@ kopf's `memo` (assembly.py); reads come from kopf indexes (cache.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -13,8 +14,9 @@ import kopf
 
 from embedfleet_operator import assembly, cache
 from embedfleet_operator.crd import GROUP, KIND, PLURAL, VERSION
+from embedfleet_operator.demand import watch_demand
 from embedfleet_operator.settings import EmbedfleetSettings
-from embedfleet_operator.spec import SpecError, parse_service
+from embedfleet_operator.spec import EmbeddingService, SpecError, parse_service
 from embedfleet_operator.ticks import ServiceLoop
 
 
@@ -85,4 +87,18 @@ async def schedule(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped
         async with memo.locks[body.metadata.uid]:
             await memo.retrying(attempt, "autoscaling")
 
-    await loop.run(stopped, tick, lambda: _reconcile(memo, body))
+    async def activate(service: EmbeddingService) -> None:
+        async def attempt() -> None:
+            await memo.autoscaler.activate(service)
+
+        async with memo.locks[body.metadata.uid]:
+            await memo.retrying(attempt, "activation")
+
+    # Scale from zero the moment a request waits at the activator (demand.py), beside the ticks.
+    demand = asyncio.create_task(
+        watch_demand(body, stopped, memo.cache, memo.http, activate), name="demand"
+    )
+    try:
+        await loop.run(stopped, tick, lambda: _reconcile(memo, body))
+    finally:
+        demand.cancel()

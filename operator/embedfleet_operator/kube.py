@@ -25,7 +25,7 @@ class KubeWrites(Protocol):
 
     async def apply(self, manifest: Manifest) -> None: ...
 
-    async def delete_pdb(self, namespace: str, name: str) -> None: ...
+    async def delete(self, kind: str, namespace: str, name: str) -> None: ...
 
     async def scale(self, namespace: str, name: str, replicas: int) -> None: ...
 
@@ -76,13 +76,15 @@ class Kube:
             raise ValueError(f"unexpected kind {kind}")
         await _done(await patch(name, namespace, manifest, **options))
 
-    async def delete_pdb(self, namespace: str, name: str) -> None:
+    async def delete(self, kind: str, namespace: str, name: str) -> None:
+        """Deletes an owned object the spec no longer wants; one already gone is fine."""
+        remove: Any = {
+            "PodDisruptionBudget": self.policy.delete_namespaced_pod_disruption_budget,
+            "Deployment": self.apps.delete_namespaced_deployment,
+            "Service": self.core.delete_namespaced_service,
+        }[kind]
         try:
-            await _done(
-                await self.policy.delete_namespaced_pod_disruption_budget(
-                    name, namespace, _preload_content=False
-                )
-            )
+            await _done(await remove(name, namespace, _preload_content=False))
         except ApiException as error:
             if error.status != 404:
                 raise

@@ -34,13 +34,13 @@ class PodTarget:
     url: str
 
 
-def _pod_is_ready(pod: Manifest) -> bool:
+def pod_is_ready(pod: Manifest) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or []
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
     return ready and not pod["metadata"].get("deletionTimestamp")
 
 
-def _pod_port(pod: Manifest, port_name: str) -> int | None:
+def pod_port(pod: Manifest, port_name: str) -> int | None:
     for container in (pod.get("spec") or {}).get("containers") or []:
         for port in container.get("ports") or []:
             if port.get("name") == port_name:
@@ -48,7 +48,7 @@ def _pod_port(pod: Manifest, port_name: str) -> int | None:
     return None
 
 
-def _url(address: str, port: int, path: str = "/metrics") -> str:
+def pod_url(address: str, port: int, path: str = "/metrics") -> str:
     host = address if ":" not in address else f"[{address}]"
     return f"http://{host}:{port}{path}"
 
@@ -75,12 +75,13 @@ def ready_targets(
                 continue
             uid = ref.get("uid") or addresses[0]
             name = ref.get("name") or addresses[0]
-            targets.setdefault(uid, PodTarget(uid, name, _url(addresses[0], port)))
+            targets.setdefault(uid, PodTarget(uid, name, pod_url(addresses[0], port)))
     for pod in pods:
-        ip, pod_port = (pod.get("status") or {}).get("podIP"), _pod_port(pod, port_name)
+        ip, listening = (pod.get("status") or {}).get("podIP"), pod_port(pod, port_name)
         uid = pod["metadata"]["uid"]
-        if ip and pod_port is not None and _pod_is_ready(pod):
-            targets.setdefault(uid, PodTarget(uid, pod["metadata"]["name"], _url(ip, pod_port)))
+        if ip and listening is not None and pod_is_ready(pod):
+            url = pod_url(ip, listening)
+            targets.setdefault(uid, PodTarget(uid, pod["metadata"]["name"], url))
     return sorted(targets.values(), key=lambda t: t.name)
 
 
@@ -134,10 +135,10 @@ async def load_failures(
     answers 503 with it while the pod stays unready (the worker stays up to say why)."""
     targets = []
     for pod in pods:
-        ip, port = (pod.get("status") or {}).get("podIP"), _pod_port(pod, port_name)
+        ip, port = (pod.get("status") or {}).get("podIP"), pod_port(pod, port_name)
         running = (pod.get("status") or {}).get("phase") == "Running"
-        if ip and port is not None and running and not _pod_is_ready(pod):
-            targets.append((pod["metadata"]["name"], _url(ip, port, "/health")))
+        if ip and port is not None and running and not pod_is_ready(pod):
+            targets.append((pod["metadata"]["name"], pod_url(ip, port, "/health")))
 
     async def probe(url: str) -> str | None:
         try:

@@ -11,10 +11,15 @@ from typing import Any
 
 from embedfleet_operator.resources import (
     REPLICAS_MANAGER,
+    activator_name,
+    build_activator,
     build_deployment,
     build_kubernetes_service,
     build_pdb,
+    build_workers_service,
     replicas_to_set,
+    scales_to_zero,
+    workers_service_name,
 )
 from embedfleet_operator.spec import EmbeddingService
 
@@ -28,12 +33,14 @@ class Live:
     deployment: Manifest | None = None
     kubernetes_service: Manifest | None = None
     pdb: Manifest | None = None
+    workers_service: Manifest | None = None  # scale-to-zero only: where the activator forwards
+    activator: Manifest | None = None  # scale-to-zero only: the activator's Deployment
 
 
 @dataclass(frozen=True)
 class ObjectsPlan:
-    apply: tuple[Manifest, ...]  # in this order: Deployment, Service, PodDisruptionBudget
-    delete_pdb: bool
+    apply: tuple[Manifest, ...]  # in order: Deployment, Services, PDB, activator
+    delete: tuple[tuple[str, str], ...]  # (kind, name) of objects the spec no longer wants
 
 
 def contains(live: Any, wanted: Any) -> bool:
@@ -64,23 +71,58 @@ def _differs(wanted: Manifest, live: Manifest | None) -> bool:
     )
 
 
+def _ready_replicas(deployment: Manifest | None) -> int:
+    return int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
+
+
+def route_to_activator(service: EmbeddingService, live: Live) -> bool:
+    """Whether the Kubernetes Service must point at the activator: a scale-to-zero fleet with
+    no ready worker (or none asked for), and an activator that is ready to hold requests."""
+    if not scales_to_zero(service.spec) or _ready_replicas(live.activator) < 1:
+        return False
+    asked = int(((live.deployment or {}).get("spec") or {}).get("replicas") or 0)
+    return asked == 0 or _ready_replicas(live.deployment) == 0
+
+
 def plan_objects(
-    service: EmbeddingService, live: Live, *, worker_image: str, full: bool
+    service: EmbeddingService,
+    live: Live,
+    *,
+    worker_image: str,
+    activator_image: str,
+    full: bool,
 ) -> ObjectsPlan:
     """The objects to (re)apply. `full` (a new generation, or the first pass since start):
     all of them, so fields the spec no longer sets are dropped; otherwise only those missing
     or drifted from the spec (a hand edit), so a resync of an unchanged service costs no
-    API call."""
+    API call. The Kubernetes Service follows route_to_activator."""
     wanted_pdb = build_pdb(service)
+    to_activator = route_to_activator(service, live)
     wanted = [
         (build_deployment(service, worker_image=worker_image), live.deployment),
-        (build_kubernetes_service(service), live.kubernetes_service),
+        (build_kubernetes_service(service, to_activator=to_activator), live.kubernetes_service),
     ]
     if wanted_pdb is not None:
         wanted.append((wanted_pdb, live.pdb))
+    # What the spec no longer wants goes, as the cache (complete before the first pass) shows.
+    delete = []
+    if wanted_pdb is None and live.pdb is not None:
+        delete.append(("PodDisruptionBudget", service.name))
+    if scales_to_zero(service.spec):
+        wanted.append((build_workers_service(service), live.workers_service))
+        cluster_ip = ((live.workers_service or {}).get("spec") or {}).get("clusterIP")
+        if cluster_ip:  # known once the workers' Service exists: the next pass adds it
+            address = f"{cluster_ip}:{service.spec.service.port}"
+            activator = build_activator(service, image=activator_image, workers_address=address)
+            wanted.append((activator, live.activator))
+    else:
+        if live.activator is not None:
+            delete.append(("Deployment", activator_name(service.name)))
+        if live.workers_service is not None:
+            delete.append(("Service", workers_service_name(service.name)))
     return ObjectsPlan(
         apply=tuple(manifest for manifest, copy in wanted if full or _differs(manifest, copy)),
-        delete_pdb=wanted_pdb is None and (full or live.pdb is not None),
+        delete=tuple(delete),
     )
 
 

@@ -27,6 +27,16 @@ Manifest = dict[str, Any]
 STATUS_MANAGER = "embedfleet-status"  # the reconciler's part of status
 
 
+def observe_live(cache: ClusterCache, namespace: str, name: str) -> Live:
+    return Live(
+        deployment=cache.deployment(namespace, name),
+        kubernetes_service=cache.kubernetes_service(namespace, name),
+        pdb=cache.pdb(namespace, name),
+        workers_service=cache.workers_service(namespace, name),
+        activator=cache.activator(namespace, name),
+    )
+
+
 class Reconciler:
     def __init__(
         self,
@@ -36,12 +46,13 @@ class Reconciler:
         events: EventSink,
         *,
         worker_image: str,
+        activator_image: str,
         probe_timeout_seconds: float,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], str] = utc_now,
     ) -> None:
         self._kube, self._cache, self._http, self._events = kube, cache, http, events
-        self._worker_image = worker_image
+        self._worker_image, self._activator_image = worker_image, activator_image
         self._probe_timeout = probe_timeout_seconds
         self._clock, self._wall_clock = clock, wall_clock
         self._refusals: dict[str, Refusal] = {}  # by uid: the last refusal of its objects
@@ -112,18 +123,15 @@ class Reconciler:
             assert refusal is not None
             return refusal.problem  # the same spec would be refused again: wait for a new one
         namespace, name = service.namespace, service.name
-        live = Live(
-            deployment=self._cache.deployment(namespace, name),
-            kubernetes_service=self._cache.kubernetes_service(namespace, name),
-            pdb=self._cache.pdb(namespace, name),
-        )
+        live = observe_live(self._cache, namespace, name)
         full = self._applied.get(uid) != generation
-        plan = plan_objects(service, live, worker_image=self._worker_image, full=full)
+        plan = plan_objects(service, live, worker_image=self._worker_image,
+                            activator_image=self._activator_image, full=full)  # fmt: skip
         try:
             for manifest in plan.apply:
                 await self._kube.apply(manifest)
-            if plan.delete_pdb:
-                await self._kube.delete_pdb(namespace, name)
+            for kind, object_name in plan.delete:
+                await self._kube.delete(kind, namespace, object_name)
         except ApiException as error:
             return self._refused(service, error)
         self._refusals.pop(uid, None)

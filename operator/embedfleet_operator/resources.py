@@ -20,6 +20,9 @@ STARTUP_PROBE_PERIOD = 10
 # Grace beyond the worker's drain: uvicorn shutdown and the engine thread join.
 TERMINATION_MARGIN_SECONDS = 15
 SELECTOR_LABEL = f"{GROUP}/service"
+ACTIVATOR_LABEL = f"{GROUP}/activator"  # on a scale-to-zero service's activator pods only
+ACTIVATOR_PORT = 8000
+ACTIVATOR_UID = 1000  # the operator image's non-root user (Dockerfile.operator)
 # Every object the operator owns carries this label: the caches (cache.py) watch only these.
 MANAGED_BY_LABELS = {"app.kubernetes.io/managed-by": "embedfleet"}
 FIELD_MANAGER = "embedfleet"  # server-side apply of the workers' objects
@@ -217,16 +220,18 @@ def build_deployment(
     }
 
 
-def build_kubernetes_service(service: EmbeddingService) -> Manifest:
-    """The Kubernetes Service in front of the workers (the endpoint clients call)."""
+def build_kubernetes_service(service: EmbeddingService, *, to_activator: bool = False) -> Manifest:
+    """The Kubernetes Service in front of the workers (the endpoint clients call). While a
+    scale-to-zero fleet has no ready worker it selects the service's activator instead."""
     exposure = service.spec.service
+    selector = activator_labels(service.name) if to_activator else selector_labels(service.name)
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(service),
         "spec": {
             "type": exposure.type,
-            "selector": selector_labels(service.name),
+            "selector": selector,
             "ports": [
                 {"name": "http", "port": exposure.port, "targetPort": "http", "protocol": "TCP"}
             ],
@@ -265,3 +270,94 @@ def replicas_to_set(spec: EmbeddingServiceSpec, current: int | None) -> int | No
         return max(low, 1) if high >= 1 else low
     clamped = min(max(current, low), high)
     return clamped if clamped != current else None
+
+
+def scales_to_zero(spec: EmbeddingServiceSpec) -> bool:
+    """A fleet that may go to zero workers gets an activator to wake it (activator.py)."""
+    return spec.autoscaling.enabled and spec.autoscaling.min_replicas == 0
+
+
+def activator_labels(name: str) -> dict[str, str]:
+    return {ACTIVATOR_LABEL: name}
+
+
+def workers_service_name(name: str) -> str:
+    return f"{name}-workers"
+
+
+def activator_name(name: str) -> str:
+    return f"{name}-activator"
+
+
+def build_workers_service(service: EmbeddingService) -> Manifest:
+    """The workers' own Service (always selecting them), where the activator forwards."""
+    port = service.spec.service.port
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {**_metadata(service), "name": workers_service_name(service.name)},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(service.name),
+            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def build_activator(service: EmbeddingService, *, image: str, workers_address: str) -> Manifest:
+    """The activator's Deployment: one small CPU pod with no Kubernetes API access (no token
+    mounted). Its pods carry the activator label, never the workers' selector."""
+    spec, name = service.spec, service.name
+    container: Manifest = {
+        "name": "activator",
+        "image": image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": ["embedfleet-operator", "activate"],
+        "ports": [{"name": "http", "containerPort": ACTIVATOR_PORT, "protocol": "TCP"}],
+        "env": [
+            {"name": "EMBEDFLEET_ACTIVATOR_WORKERS", "value": workers_address},
+            # Held requests wait at most the service's startup budget (then 503, Retry-After).
+            {
+                "name": "EMBEDFLEET_ACTIVATOR_HOLD_SECONDS",
+                "value": str(spec.startup_timeout_seconds),
+            },
+            {"name": "EMBEDFLEET_ACTIVATOR_PORT", "value": str(ACTIVATOR_PORT)},
+        ],
+        "resources": {"requests": {"cpu": "50m", "memory": "96Mi"}, "limits": {"memory": "256Mi"}},
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 10},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    pod_labels = {
+        "app.kubernetes.io/name": "embedfleet-activator",
+        "app.kubernetes.io/instance": name,
+        **MANAGED_BY_LABELS,
+        **activator_labels(name),
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {**_metadata(service), "name": activator_name(name)},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": activator_labels(name)},
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": dict(spec.pod_annotations)},
+                "spec": {
+                    "containers": [container],
+                    "automountServiceAccountToken": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": ACTIVATOR_UID,
+                        "runAsGroup": ACTIVATOR_UID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                },
+            },
+        },
+    }

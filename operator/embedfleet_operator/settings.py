@@ -12,6 +12,8 @@ ENV_PREFIX = "EMBEDFLEET_OPERATOR_"
 # The workers' image when an EmbeddingService sets no spec.image; the chart sets it from its
 # `registry` value, so a private registry is one setting.
 DEFAULT_WORKER_IMAGE = "ghcr.io/embedfleet/worker:0.1.0"
+# The activator of scale-to-zero services runs from the operator's own image.
+DEFAULT_ACTIVATOR_IMAGE = "ghcr.io/embedfleet/operator:0.1.0"
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class EmbedfleetSettings:
     scrape_timeout_seconds: float = 2.0  # per worker /metrics request
     metrics_address: str | None = None  # host:port for the operator's /metrics; off if unset
     worker_image: str = DEFAULT_WORKER_IMAGE
+    activator_image: str = DEFAULT_ACTIVATOR_IMAGE
 
 
 def parse_settings(
@@ -75,6 +78,11 @@ def parse_settings(
     parser.add_argument(
         "--worker-image", default=env.get(ENV_PREFIX + "WORKER_IMAGE", defaults.worker_image),
         help="the workers' image when an EmbeddingService sets no spec.image",
+    )  # fmt: skip
+    parser.add_argument(
+        "--activator-image",
+        default=env.get(ENV_PREFIX + "ACTIVATOR_IMAGE", defaults.activator_image),
+        help="the image of scale-to-zero services' activators (the operator's own)",
     )  # fmt: skip
     args = vars(parser.parse_args(argv))
     from_env = [n for n in env.get(ENV_PREFIX + "NAMESPACES", "").split(",") if n]

@@ -51,6 +51,9 @@ class ServiceProxy:
         self._thread.join(10)
 
     def refresh(self) -> None:
+        # The selector is read each time, as kube-proxy follows a Service's changes: a
+        # scale-to-zero service's Service points at its activator while no worker is ready.
+        self.selector = self.core.read_namespaced_service(self.name, self.namespace).spec.selector
         selector = ",".join(f"{k}={v}" for k, v in self.selector.items())
         found: list[tuple[str, int]] = []
         for pod in self.core.list_namespaced_pod(self.namespace, label_selector=selector).items:

@@ -47,10 +47,10 @@ class FakeKube:
         if self.cache is not None:
             self.cache.store(manifest)
 
-    async def delete_pdb(self, namespace: str, name: str) -> None:
-        self._record("delete_pdb", (namespace, name))
+    async def delete(self, kind: str, namespace: str, name: str) -> None:
+        self._record("delete", (kind, namespace, name))
         if self.cache is not None:
-            self.cache.objects.pop(("PodDisruptionBudget", namespace, name), None)
+            self.cache.objects.pop((kind, namespace, name), None)
 
     async def scale(self, namespace: str, name: str, replicas: int) -> None:
         self._record("scale", (namespace, name, replicas))
@@ -75,6 +75,7 @@ class FakeCache:
     objects: dict[tuple[str, str, str], Manifest] = field(default_factory=dict)
     pod_list: dict[tuple[str, str], list[Manifest]] = field(default_factory=dict)
     slices: dict[tuple[str, str], list[Manifest]] = field(default_factory=dict)
+    activator_pod_list: dict[tuple[str, str], list[Manifest]] = field(default_factory=dict)
 
     def store(self, manifest: Manifest) -> None:
         live = copy.deepcopy(manifest)
@@ -109,6 +110,15 @@ class FakeCache:
 
     def endpoint_slices(self, namespace: str, name: str) -> list[Manifest]:
         return self.slices.get((namespace, name), [])
+
+    def workers_service(self, namespace: str, name: str) -> Manifest | None:
+        return self.objects.get(("Service", namespace, f"{name}-workers"))
+
+    def activator(self, namespace: str, name: str) -> Manifest | None:
+        return self.objects.get(("Deployment", namespace, f"{name}-activator"))
+
+    def activator_pods(self, namespace: str, name: str) -> list[Manifest]:
+        return self.activator_pod_list.get((namespace, name), [])
 
 
 @dataclass

@@ -155,3 +155,35 @@ def test_autoscaling_off_or_no_deployment_decides_nothing() -> None:
     fleet.cache.objects.clear()
     assert fleet.tick().decision is None
     assert fleet.kube.named("scale") == []
+
+
+ZERO = {"model": {"name": "m"}, "autoscaling": {"minReplicas": 0, "maxReplicas": 4,
+        "targetGPUUtilizationPercent": 50}}  # fmt: skip
+
+
+def test_demand_at_the_activator_scales_from_zero_at_once_and_once() -> None:
+    fleet = Fleet(replicas=0)
+    service = parse_service(body(ZERO))
+    assert asyncio.run(fleet.autoscaler.activate(service)) is True
+    assert fleet.kube.named("scale") == [("ml", "emb", 1)]
+    assert fleet.events.reasons == ["ScaledFromZero"]
+    assert fleet.status()["lastScaleReason"] == "ScaledFromZero"
+    assert asyncio.run(fleet.autoscaler.activate(service)) is False  # already asked for
+
+
+def test_the_service_points_at_a_ready_activator_before_the_last_worker_goes() -> None:
+    fleet = Fleet(replicas=1)
+    activator = {"apiVersion": "apps/v1", "kind": "Deployment",
+                 "metadata": {"name": "emb-activator", "namespace": "ml"},
+                 "spec": {"replicas": 1}, "status": {"readyReplicas": 1}}  # fmt: skip
+    fleet.cache.objects[("Deployment", "ml", "emb-activator")] = activator
+    fleet.cache.pod_list[("ml", "emb")] = [ready_pod("emb-9001", port=9001)]
+    quiet = {**ZERO, "autoscaling": {**ZERO["autoscaling"], "idleTimeoutSeconds": 0,
+                                     "scaleDownStabilizationSeconds": 0}}  # fmt: skip
+    for _ in range(3):
+        fleet.tick(body(quiet))
+    calls = [(name, arg) for name, arg in fleet.kube.calls if name in ("apply", "scale")]
+    assert calls[-1] == ("scale", ("ml", "emb", 0))
+    name, service = calls[-2]
+    assert name == "apply"
+    assert service["spec"]["selector"] == {"embedfleet.dev/activator": "emb"}

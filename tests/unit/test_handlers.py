@@ -31,7 +31,13 @@ def parts(fail: Any = None, **settings: Any) -> tuple[kopf.Memo, FakeKube]:
     memo = kopf.Memo(
         settings=EmbedfleetSettings(**settings),
         reconciler=Reconciler(
-            kube, fake_cache, http, events, worker_image="w:1", probe_timeout_seconds=1.0
+            kube,
+            fake_cache,
+            http,
+            events,
+            worker_image="w:1",
+            activator_image="o:1",
+            probe_timeout_seconds=1.0,
         ),
         autoscaler=Autoscaler(
             kube,
@@ -46,6 +52,8 @@ def parts(fail: Any = None, **settings: Any) -> tuple[kopf.Memo, FakeKube]:
         locks=collections.defaultdict(asyncio.Lock),
         gate=asyncio.Semaphore(4),
         services={("ml", "emb"): [body()]},
+        cache=fake_cache,
+        http=http,
     )
     return memo, kube
 

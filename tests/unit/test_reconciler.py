@@ -29,7 +29,8 @@ class World:
         self.http = httpx.AsyncClient(transport=httpx.MockTransport(self._no_network))
         self.reconciler = Reconciler(
             self.kube, self.cache, self.http, self.events,
-            worker_image="registry.local/worker:1", probe_timeout_seconds=1.0,
+            worker_image="registry.local/worker:1", activator_image="registry.local/operator:1",
+            probe_timeout_seconds=1.0,
             clock=lambda: self.now, wall_clock=lambda: f"t{self.now:.0f}",
         )  # fmt: skip
 
@@ -111,7 +112,7 @@ def test_a_new_generation_is_applied_whole_and_a_pdb_no_longer_wanted_goes() -> 
            "targetGPUUtilizationPercent": 65}}  # fmt: skip
     world.run(body(one, generation=2))
     assert world.kinds_applied() == ["Deployment", "Service"]
-    assert world.kube.named("delete_pdb") == [("ml", "emb")]
+    assert world.kube.named("delete") == [("PodDisruptionBudget", "ml", "emb")]
 
 
 def test_a_spec_the_apiserver_refuses_is_invalid_spec_and_is_not_sent_again() -> None:
@@ -198,3 +199,63 @@ def test_a_deleted_service_is_left_to_the_garbage_collector() -> None:
     resource["metadata"]["deletionTimestamp"] = "2026-12-02T00:00:00Z"
     world.run(resource)
     assert world.kube.calls == []
+
+
+SCALE_TO_ZERO = {"model": {"name": "m"}, "autoscaling": {"minReplicas": 0, "maxReplicas": 3,
+                 "targetGPUUtilizationPercent": 65}}  # fmt: skip
+
+
+def _ready(world: World, kind: str, name: str, replicas: int) -> None:
+    live = world.cache.objects[(kind, "ml", name)]
+    live["spec"]["replicas"] = live["spec"].get("replicas", replicas)
+    live["status"] = {"replicas": replicas, "readyReplicas": replicas,
+                      "updatedReplicas": replicas, "observedGeneration": 1}  # fmt: skip
+
+
+def test_a_scale_to_zero_service_gets_the_workers_service_then_its_activator() -> None:
+    world = World()
+    resource = body(SCALE_TO_ZERO)
+    world.run(resource)
+    applied = {(m["kind"], m["metadata"]["name"]) for m in world.kube.named("apply")}
+    assert ("Service", "emb-workers") in applied  # where the activator forwards
+    assert ("Deployment", "emb-activator") not in applied  # its address is not known yet
+    world.reset()
+    world.run(resource)  # the workers' Service now has its ClusterIP: the activator follows
+    [activator] = [m for m in world.kube.named("apply") if m["kind"] == "Deployment"]
+    assert activator["metadata"]["name"] == "emb-activator"
+    pod = activator["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False  # no Kubernetes API access at all
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    assert env["EMBEDFLEET_ACTIVATOR_WORKERS"] == "10.96.0.10:8000"
+    assert env["EMBEDFLEET_ACTIVATOR_HOLD_SECONDS"] == "1800"
+    labels = activator["spec"]["template"]["metadata"]["labels"]
+    assert "embedfleet.dev/service" not in labels  # never selected as a worker
+
+
+def test_the_service_points_at_the_activator_only_while_no_worker_is_ready() -> None:
+    world = World()
+    resource = body(SCALE_TO_ZERO)
+    world.run(resource)
+    world.run(resource)
+    _ready(world, "Deployment", "emb-activator", 1)
+    world.cache.objects[("Deployment", "ml", "emb")]["spec"]["replicas"] = 0
+    world.reset()
+    world.run(resource)
+    [service] = [m for m in world.kube.named("apply") if m["kind"] == "Service"]
+    assert service["spec"]["selector"] == {"embedfleet.dev/activator": "emb"}
+    world.cache.objects[("Deployment", "ml", "emb")]["spec"]["replicas"] = 1
+    _ready(world, "Deployment", "emb", 1)
+    world.reset()
+    world.run(resource)
+    [service] = [m for m in world.kube.named("apply") if m["kind"] == "Service"]
+    assert service["spec"]["selector"] == {"embedfleet.dev/service": "emb"}
+
+
+def test_a_service_that_no_longer_scales_to_zero_loses_its_activator() -> None:
+    world = World()
+    world.run(body(SCALE_TO_ZERO))
+    world.run(body(SCALE_TO_ZERO))
+    world.reset()
+    world.run(body(generation=2))
+    assert sorted(world.kube.named("delete")) == [
+        ("Deployment", "ml", "emb-activator"), ("Service", "ml", "emb-workers")]  # fmt: skip

@@ -1,0 +1,184 @@
+"""The activator over real HTTP on loopback: requests held while no worker answers, the
+operator's /demand poll answered the moment one waits, each held request forwarded once a worker
+listens (with `Connection: close`, so keep-alive clients reconnect through the Service), and the
+bounds: a full hold queue and an expired hold get 503 with Retry-After in the OpenAI error shape,
+an oversized body 413. The worker here is a stand-in HTTP server (the network peer, not our
+code); the end-to-end test with real workers is tests/operator/test_scale_from_zero.py."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import httpx
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from embedfleet_operator.activation import HoldLimits
+from embedfleet_operator.activator import Activator, ActivatorMetrics
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def a_worker(port: int) -> web.AppRunner:
+    """Answers /v1/embeddings with what it was sent, as JSON."""
+
+    async def embed(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "echo": await request.json(),
+                                  "auth": request.headers.get("Authorization")})  # fmt: skip
+
+    app = web.Application()
+    app.router.add_post("/v1/embeddings", embed)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+def with_activator(
+    limits: HoldLimits, body: Callable[[TestServer, int, Activator], Awaitable[None]],
+    max_body_bytes: int = 1 << 20,
+) -> None:  # fmt: skip
+    async def main() -> None:
+        worker_port = free_port()
+        activator = Activator(f"127.0.0.1:{worker_port}", limits, max_body_bytes=max_body_bytes,
+                              metrics=ActivatorMetrics())  # fmt: skip
+        server = TestServer(activator.app(), host="127.0.0.1")
+        await server.start_server()
+        try:
+            await body(server, worker_port, activator)
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+
+
+LIMITS = HoldLimits(max_held=100, hold_seconds=20.0, retry_after_seconds=30)
+
+
+def test_a_request_is_held_until_a_worker_listens_and_the_operator_hears_of_it_at_once() -> None:
+    async def body(server: TestServer, worker_port: int, activator: Activator) -> None:
+        async with aiohttp.ClientSession() as client:
+            poll = asyncio.create_task(client.get(server.make_url("/demand?wait=10")))
+            await asyncio.sleep(0.2)
+            assert not poll.done()  # nothing held: the poll stays open
+            request = asyncio.create_task(client.post(
+                server.make_url("/v1/embeddings"), json={"input": "hi"},
+                headers={"Authorization": "Bearer k"}))  # fmt: skip
+            demand = await asyncio.wait_for(poll, 2)
+            assert (await demand.json())["held"] == 1
+            await asyncio.sleep(0.6)
+            assert not request.done()  # still held: no worker yet
+            worker = await a_worker(worker_port)
+            try:
+                answer = await asyncio.wait_for(request, 5)
+                assert answer.status == 200
+                assert await answer.json() == {"object": "list", "echo": {"input": "hi"},
+                                               "auth": "Bearer k"}  # fmt: skip
+                assert answer.headers["Connection"].lower() == "close"
+                # With a worker listening, the next request passes straight through.
+                again = await client.post(server.make_url("/v1/embeddings"), json={"input": 2})
+                assert again.status == 200
+            finally:
+                await worker.cleanup()
+        assert activator.activations == 1
+        metrics = activator.metrics
+        assert metrics.requests.labels("forwarded")._value.get() == 2
+        assert metrics.held._value.get() == 0
+
+    with_activator(LIMITS, body)
+
+
+def _is_openai_503(answer: aiohttp.ClientResponse, payload: dict[str, Any], code: str) -> None:
+    assert answer.status == 503
+    assert int(answer.headers["Retry-After"]) >= 1
+    assert payload["error"]["code"] == code
+    assert payload["error"]["type"] == "service_unavailable"
+    assert "zero replicas" in payload["error"]["message"]
+
+
+def test_a_full_hold_queue_answers_503_with_retry_after() -> None:
+    async def body(server: TestServer, worker_port: int, activator: Activator) -> None:
+        async with aiohttp.ClientSession() as client:
+            held = [asyncio.create_task(client.post(server.make_url("/v1/embeddings"), json={}))
+                    for _ in range(2)]  # fmt: skip
+            await asyncio.sleep(0.3)
+            answer = await client.post(server.make_url("/v1/embeddings"), json={})
+            _is_openai_503(answer, await answer.json(), "queue_full")
+            for task in held:
+                task.cancel()
+
+    with_activator(HoldLimits(max_held=2, hold_seconds=20, retry_after_seconds=10), body)
+
+
+def test_a_hold_past_the_startup_budget_answers_503_never_hangs() -> None:
+    async def body(server: TestServer, worker_port: int, activator: Activator) -> None:
+        async with aiohttp.ClientSession() as client:
+            started = asyncio.get_running_loop().time()
+            answer = await client.post(server.make_url("/v1/embeddings"), json={})
+            waited = asyncio.get_running_loop().time() - started
+            _is_openai_503(answer, await answer.json(), "timeout")
+            assert 1.0 <= waited < 3.0
+
+    with_activator(HoldLimits(max_held=10, hold_seconds=1.0, retry_after_seconds=10), body)
+
+
+def test_an_oversized_body_is_413_in_the_openai_shape() -> None:
+    async def body(server: TestServer, worker_port: int, activator: Activator) -> None:
+        async with aiohttp.ClientSession() as client:
+            answer = await client.post(server.make_url("/v1/embeddings"), data=b"x" * 4096)
+            assert answer.status == 413
+            assert (await answer.json())["error"]["type"] == "invalid_request_error"
+
+    with_activator(LIMITS, body, max_body_bytes=1024)
+
+
+def test_the_operators_demand_watch_wakes_the_fleet_when_a_request_waits() -> None:
+    """demand.watch_demand against the real activator: polls while the fleet is at zero, and
+    calls activate the moment a request is held."""
+    from embedfleet_operator.demand import watch_demand
+    from embedfleet_operator.spec import EmbeddingService
+    from tests.unit.operator_fakes import FakeCache, ready_pod
+    from tests.unit.operator_fakes import body as resource
+
+    async def scenario(server: TestServer, worker_port: int, activator: Activator) -> None:
+        cache = FakeCache()
+        cache.objects[("Deployment", "ml", "emb")] = {"metadata": {"name": "emb"},
+                                                      "spec": {"replicas": 0}}  # fmt: skip
+        pod = ready_pod("emb-activator-1", ip="127.0.0.1", port=server.port or 0)
+        cache.activator_pod_list[("ml", "emb")] = [pod]
+        woken: list[str] = []
+        done = asyncio.Event()
+
+        async def activate(service: EmbeddingService) -> None:
+            woken.append(service.name)
+            cache.objects[("Deployment", "ml", "emb")]["spec"]["replicas"] = 1
+            done.set()
+
+        class Stopped:
+            def __bool__(self) -> bool:
+                return done.is_set()
+
+        spec = {"model": {"name": "m"}, "autoscaling": {"minReplicas": 0,
+                "targetGPUUtilizationPercent": 65}}  # fmt: skip
+        async with aiohttp.ClientSession() as client, httpx.AsyncClient() as http:
+            watcher = asyncio.create_task(
+                watch_demand(resource(spec), Stopped(), cache, http, activate)
+            )
+            await asyncio.sleep(0.3)
+            assert woken == []  # polling, nothing held
+            request = asyncio.create_task(client.post(server.make_url("/v1/embeddings"),
+                                                      json={}))  # fmt: skip
+            await asyncio.wait_for(done.wait(), 3)
+            assert woken == ["emb"]
+            await asyncio.wait_for(watcher, 3)
+            request.cancel()
+
+    with_activator(LIMITS, scenario)
