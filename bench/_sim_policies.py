@@ -10,7 +10,7 @@ import math
 
 from bench._sim_cluster import Cluster, SimConfig
 from embedfleet_operator.fleet import Observation, PodMetrics, PodObservation
-from embedfleet_operator.policy import History, ScalingSpec, decide, remember
+from embedfleet_operator.policy import Decision, History, ScalingSpec, decide, remember
 from embedfleet_operator.spec import EmbeddingServiceSpec, ModelSpec
 
 
@@ -18,6 +18,7 @@ class Autoscaler:
     name = "?"
     period = 15  # seconds between decisions
     per_second = False  # whether `observe` must be called every simulated second
+    wakes_from_zero = False  # whether `activate` must be called every second at zero
 
     def __init__(self, config: SimConfig) -> None:
         self.config = config
@@ -31,6 +32,10 @@ class Autoscaler:
 
     def decide(self, now: int, cluster: Cluster) -> int:
         raise NotImplementedError
+
+    def activate(self, now: int, cluster: Cluster) -> int | None:
+        """Called every second while the fleet is at zero when `wakes_from_zero` is set."""
+        return None
 
     def _clamp(self, replicas: int) -> int:
         return max(self.config.min_replicas, min(self.config.max_replicas, replicas))
@@ -108,6 +113,40 @@ class Embedfleet(Autoscaler):
         self.history = remember(self.history, observation, decision, self.spec, float(now))
         self.last_reason = decision.reason
         return decision.replicas
+
+
+class EmbedfleetZero(Embedfleet):
+    """embedfleet with `minReplicas: 0` and its activator: an idle fleet goes to zero, and a
+    request arriving at zero waits at the activator (the cluster's pending buffer) while the
+    operator, told at once through the activator's /demand, scales to one a second later
+    (demand.py); the pod then takes its start delay like any other."""
+
+    name = "embedfleet-zero"
+    wakes_from_zero = True
+    demand_delay = 1  # seconds from a request waiting to the scale-up (the long poll, the API)
+
+    def __init__(self, config: SimConfig, tick: int = 15, scrape_lag: int = 1) -> None:
+        super().__init__(config, tick, scrape_lag)
+        self.spec = dataclasses.replace(self.spec, min_replicas=0)
+        self.waiting_since: int | None = None
+
+    def activate(self, now: int, cluster: Cluster) -> int | None:
+        """Called every second while the fleet is at zero: the replicas to scale to, if any."""
+        if cluster.pending_tokens <= 0.0:
+            self.waiting_since = None
+            return None
+        if self.waiting_since is None:
+            self.waiting_since = now
+        if now - self.waiting_since < self.demand_delay:
+            return None
+        self.waiting_since = None
+        # As Autoscaler.activate: the window holds this scale-up, and the fleet is active.
+        decision = Decision(1, "ScaledFromZero", "demand at the activator", 1)
+        observation = Observation(current_replicas=0, ready_pods=())
+        self.history = remember(self.history, observation, decision, self.spec, float(now))
+        self.history = dataclasses.replace(self.history, last_activity=float(now))
+        self.last_reason = decision.reason
+        return 1
 
 
 class Hpa(Autoscaler):
@@ -328,4 +367,4 @@ class Oracle(Autoscaler):
         return self._clamp(self.config.replicas_for(sum(coming) / len(coming)))
 
 
-POLICY_NAMES = ("embedfleet", "hpa", "knative", "fixed", "oracle")
+POLICY_NAMES = ("embedfleet", "embedfleet-zero", "hpa", "knative", "fixed", "oracle")

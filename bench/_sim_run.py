@@ -65,6 +65,7 @@ def simulate(trace: Trace, policy: Autoscaler, config: SimConfig, initial: int) 
     cluster = Cluster(config, initial)
     policy.start(0, cluster)
     observe = policy.observe if policy.per_second else None
+    wakes = policy.wakes_from_zero
     period, slo = policy.period, config.slo_seconds
     step, scale_to, decide = cluster.step, cluster.scale_to, policy.decide
     gpu_seconds = 0
@@ -82,6 +83,12 @@ def simulate(trace: Trace, policy: Autoscaler, config: SimConfig, initial: int) 
             if p95 is not None:
                 slo_minutes += p95 > slo
                 worst = max(worst, p95)
+        if wakes and cluster.pod_count == 0:
+            woken = policy.activate(now, cluster)
+            if woken:
+                scale_to(now, woken)
+                events.append(ScaleEvent(now, 0, woken, policy.last_reason))
+                peak = max(peak, woken)
         if now % period == 0:
             before = cluster.pod_count
             after = decide(now, cluster)

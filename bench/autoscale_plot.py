@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-COLOURS = {"embedfleet": "C0", "hpa": "C1", "knative": "C2", "fixed": "C7", "oracle": "C3"}
+COLOURS = {"embedfleet": "C0", "embedfleet-zero": "C4", "hpa": "C1", "knative": "C2", "fixed": "C7",
+           "oracle": "C3"}  # fmt: skip
 
 
 def points(report: dict[str, Any]) -> dict[str, dict[str, tuple[float, int]]]:

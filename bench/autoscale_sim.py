@@ -60,6 +60,7 @@ from bench._sim_policies import (
     POLICY_NAMES,
     Autoscaler,
     Embedfleet,
+    EmbedfleetZero,
     Fixed,
     Hpa,
     Knative,
@@ -123,8 +124,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not 0 < args.start_delay[0] <= args.start_delay[1]:
         parser.error("--start-delay MIN MAX needs 0 < MIN <= MAX")
     if not 1 <= args.min_replicas <= args.max_replicas:
-        # From zero, only an activator could see the first request; no policy here has one.
-        parser.error("need 1 <= --min-replicas <= --max-replicas (scale from zero not modelled)")
+        # From zero, only an activator sees the first request: the embedfleet-zero row has one.
+        parser.error(
+            "need 1 <= --min-replicas <= --max-replicas (minReplicas 0 with the activator is "
+            "the embedfleet-zero policy)"
+        )
     return args
 
 
@@ -146,6 +150,8 @@ def config_from(args: argparse.Namespace) -> SimConfig:
 def make_policy(name: str, config: SimConfig, trace: Trace) -> Autoscaler:
     if name == "embedfleet":
         return Embedfleet(config)
+    if name == "embedfleet-zero":
+        return EmbedfleetZero(config)
     if name == "hpa":
         return Hpa(config)
     if name == "knative":

@@ -11,7 +11,6 @@ from typing import Any
 
 from embedfleet_operator.resources import (
     REPLICAS_MANAGER,
-    activator_name,
     build_activator,
     build_deployment,
     build_kubernetes_service,
@@ -19,7 +18,6 @@ from embedfleet_operator.resources import (
     build_workers_service,
     replicas_to_set,
     scales_to_zero,
-    workers_service_name,
 )
 from embedfleet_operator.spec import EmbeddingService
 
@@ -71,6 +69,11 @@ def _differs(wanted: Manifest, live: Manifest | None) -> bool:
     )
 
 
+def cluster_ip_of(kubernetes_service: Manifest | None) -> str | None:
+    ip = ((kubernetes_service or {}).get("spec") or {}).get("clusterIP")
+    return str(ip) if ip and ip != "None" else None
+
+
 def _ready_replicas(deployment: Manifest | None) -> int:
     return int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
 
@@ -110,16 +113,20 @@ def plan_objects(
         delete.append(("PodDisruptionBudget", service.name))
     if scales_to_zero(service.spec):
         wanted.append((build_workers_service(service), live.workers_service))
-        cluster_ip = ((live.workers_service or {}).get("spec") or {}).get("clusterIP")
+        cluster_ip = cluster_ip_of(live.workers_service)
         if cluster_ip:  # known once the workers' Service exists: the next pass adds it
             address = f"{cluster_ip}:{service.spec.service.port}"
             activator = build_activator(service, image=activator_image, workers_address=address)
             wanted.append((activator, live.activator))
-    else:
-        if live.activator is not None:
-            delete.append(("Deployment", activator_name(service.name)))
-        if live.workers_service is not None:
-            delete.append(("Service", workers_service_name(service.name)))
+    elif live.activator is not None and cluster_ip_of(live.workers_service):
+        # No longer scaling to zero: the activator sleeps at zero replicas (the operator may
+        # not delete Deployments; it goes with its EmbeddingService, or wakes if minReplicas
+        # returns to 0), and the workers' Service, harmless, stays.
+        address = f"{cluster_ip_of(live.workers_service)}:{service.spec.service.port}"
+        asleep = build_activator(
+            service, image=activator_image, workers_address=address, replicas=0
+        )
+        wanted.append((asleep, live.activator))
     return ObjectsPlan(
         apply=tuple(manifest for manifest, copy in wanted if full or _differs(manifest, copy)),
         delete=tuple(delete),

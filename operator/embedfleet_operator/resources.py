@@ -304,7 +304,9 @@ def build_workers_service(service: EmbeddingService) -> Manifest:
     }
 
 
-def build_activator(service: EmbeddingService, *, image: str, workers_address: str) -> Manifest:
+def build_activator(
+    service: EmbeddingService, *, image: str, workers_address: str, replicas: int = 1
+) -> Manifest:
     """The activator's Deployment: one small CPU pod with no Kubernetes API access (no token
     mounted). Its pods carry the activator label, never the workers' selector."""
     spec, name = service.spec, service.name
@@ -344,7 +346,7 @@ def build_activator(service: EmbeddingService, *, image: str, workers_address: s
         "kind": "Deployment",
         "metadata": {**_metadata(service), "name": activator_name(name)},
         "spec": {
-            "replicas": 1,
+            "replicas": replicas,
             "selector": {"matchLabels": activator_labels(name)},
             "template": {
                 "metadata": {"labels": pod_labels, "annotations": dict(spec.pod_annotations)},

@@ -40,8 +40,8 @@ def full_run() -> list[RunResult]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sim_policies, "decide", counting)
         traces, results = run_all(CONFIG, TRACES, sim_policies.POLICY_NAMES, 7.5)
-    # embedfleet decided every 15 s tick of every trace
-    assert calls == sum(len(t.arrivals) // 15 for t in traces)
+    # embedfleet, with minReplicas 1 and 0, decided every 15 s tick of every trace
+    assert calls == 2 * sum(len(t.arrivals) // 15 for t in traces)
     return results
 
 
@@ -322,3 +322,19 @@ def test_the_plot_shows_every_trace_with_the_policy_before_and_after(tmp_path: P
     panels = autoscale_plot.points(report)
     assert list(panels) == ["spike", "azure-conv"]
     assert set(panels["azure-conv"]) == {"embedfleet", "hpa"}
+
+
+def test_a_fleet_that_may_go_to_zero_does_when_idle_and_wakes_for_the_next_burst(
+    full_run: list[RunResult],
+) -> None:
+    """onoff has hours without a request: minReplicas 0 goes to zero between its bursts and
+    wakes through the activator (ScaledFromZero) for each, for fewer GPU-hours than a fleet
+    that keeps one worker, paid in the first minutes of each burst."""
+    by = {(r.trace, r.policy): r for r in full_run}
+    zero, one = by[("onoff", "embedfleet-zero")], by[("onoff", "embedfleet")]
+    assert zero.reasons.get("ScaledFromZero", 0) >= 3
+    assert zero.gpu_hours < 0.8 * one.gpu_hours
+    assert zero.slo_minutes >= one.slo_minutes
+    # Traffic that never pauses for the idle window never reaches zero: the same run.
+    assert by[("azure-conv-24h", "embedfleet-zero")].gpu_hours == by[
+        ("azure-conv-24h", "embedfleet")].gpu_hours  # fmt: skip
