@@ -6,7 +6,7 @@ worker keeps torch.compile's and Triton's caches in DIR, as a pod does on its mo
 volume (the operator sets the same variables); the first run then fills it, the next ones
 reuse it. Without it, each run gets a fresh empty cache, as a new pod's /tmp is.
 
-    PYTHONPATH=worker:. python3 bench/cold_start.py --model 4b --tokenizer <qwen3-dir> \\
+    PYTHONPATH=worker:. python3 -m bench.cold_start --model 4b --tokenizer <qwen3-dir> \\
         --model-dir /tmp/m4b --compile-cache /tmp/compile-cache --runs 3
 """
 

@@ -90,6 +90,11 @@ def worker_environment(spec: EmbeddingServiceSpec) -> list[Manifest]:
         "EMBEDFLEET_SERVED_MODEL_NAME": model.name,
         "EMBEDFLEET_MODEL_CACHE_DIR": MODEL_CACHE_PATH,
         "HF_HOME": MODEL_CACHE_PATH,
+        # torch.compile's and Triton's caches on the model cache volume, not the pod's /tmp:
+        # a restarted worker, and every pod sharing a cache PVC, reuses the kernels compiled
+        # once (4B on an H200: compilation 14.2 s cold, 5.6-6.0 s warm; BENCHMARKS.md).
+        "TORCHINDUCTOR_CACHE_DIR": f"{MODEL_CACHE_PATH}/.compile-cache/inductor",
+        "TRITON_CACHE_DIR": f"{MODEL_CACHE_PATH}/.compile-cache/triton",
     }
     if spec.api_key_secret_ref is not None:
         values["EMBEDFLEET_API_KEY_FILE"] = f"{API_KEY_DIR}/{spec.api_key_secret_ref.key}"

@@ -195,9 +195,15 @@ class LoopbackKubelet:
         env = {}
         for variable in container.env or []:
             value = variable.value or ""
-            # A variable naming a mount point (HF_HOME=/models) gets the volume's folder. Only
-            # exact matches: a host path that merely starts like one (/tmp/...) is left alone.
-            value = mounts.get(value, value)
+            # A variable naming a mount point (HF_HOME=/models) gets the volume's folder, and
+            # one naming a path inside it (/models/.compile-cache/...) that path in the folder.
+            # A host path that merely starts like one (a test's model under /tmp, where pods
+            # mount a tmp volume) exists here and is left alone.
+            inside = next((m for m in mounts if value.startswith(m.rstrip("/") + "/")), None)
+            if value in mounts:
+                value = mounts[value]
+            elif inside is not None and not Path(value).exists():
+                value = mounts[inside] + value[len(inside.rstrip("/")) :]
             env[variable.name] = value
         env["EMBEDFLEET_HOST"] = pod.status.pod_ip  # 0.0.0.0 in the pod's own namespace
         command = [*(container.command or []), *(container.args or [])]
