@@ -196,13 +196,18 @@ class LoopbackKubelet:
         for variable in container.env or []:
             value = variable.value or ""
             # A variable naming a mount point (HF_HOME=/models) gets the volume's folder, and
-            # one naming a path inside it (/models/.compile-cache/...) that path in the folder.
-            # A host path that merely starts like one (a test's model under /tmp, where pods
-            # mount a tmp volume) exists here and is left alone.
-            inside = next((m for m in mounts if value.startswith(m.rstrip("/") + "/")), None)
+            # one naming a path inside a mount point this machine does not have
+            # (/models/.compile-cache/...) that path in the folder. Paths under a mount point
+            # that is also a host folder (/tmp, where pods mount a tmp volume and tests keep
+            # their models) are the host's and left alone.
+            inside = next(
+                (m for m in mounts
+                 if value.startswith(m.rstrip("/") + "/") and not Path(m).exists()),
+                None,
+            )  # fmt: skip
             if value in mounts:
                 value = mounts[value]
-            elif inside is not None and not Path(value).exists():
+            elif inside is not None:
                 value = mounts[inside] + value[len(inside.rstrip("/")) :]
             env[variable.name] = value
         env["EMBEDFLEET_HOST"] = pod.status.pod_ip  # 0.0.0.0 in the pod's own namespace
