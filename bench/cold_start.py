@@ -13,7 +13,9 @@ reuse it. Without it, each run gets a fresh empty cache, as a new pod's /tmp is.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -30,17 +32,26 @@ def compile_cache_env(folder: Path) -> dict[str, str]:
     }
 
 
-def _phases(log: Path) -> dict[str, object]:
+def _phases(log: Path, started: float) -> dict[str, object]:
+    """The engine's phases and load time from the log, and the timeline: each log line's
+    message with its time since the worker's process was started."""
     found: dict[str, object] = {}
+    timeline: list[tuple[str, float]] = []
     for line in log.read_text(errors="replace").splitlines():
-        if "model prepared" in line or "model ready" in line:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            for key in ("phases", "load_seconds"):
-                if key in record:
-                    found[key] = record[key]
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict):
+            continue
+        for key in ("phases", "load_seconds", "imports_seconds"):
+            if key in record:
+                found[key] = record[key]
+        stamp = record.get("ts")
+        if isinstance(stamp, str):
+            when = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+            timeline.append((str(record.get("msg")), round(when - started, 2)))
+    found["timeline"] = timeline
     return found
 
 
@@ -51,6 +62,10 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--compile-cache", type=Path, default=None)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--worker-path", type=Path, default=None,
+        help="the worker package's parent folder of another checkout (default: this one's)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     from bench._model_folder import write_model_folder
@@ -62,11 +77,14 @@ def main() -> None:
     for run in range(args.runs):
         cache = args.compile_cache or Path(tempfile.mkdtemp(prefix="cold-start-cache-"))
         log = Path(tempfile.mkdtemp(prefix="cold-start-")) / "worker.log"
-        started = time.monotonic()
+        env = compile_cache_env(cache)
+        if args.worker_path is not None:  # another checkout's worker, e.g. before a change
+            env["PYTHONPATH"] = f"{args.worker_path}{os.pathsep}{os.getcwd()}"
+        started, wall = time.monotonic(), time.time()
         with running_worker(["--model", str(args.model_dir), "--log-level", "info"], log,
-                            env=compile_cache_env(cache)):  # fmt: skip
+                            env=env):  # fmt: skip
             ready = time.monotonic() - started
-        result = {"run": run + 1, "ready_seconds": round(ready, 2), **_phases(log)}
+        result = {"run": run + 1, "ready_seconds": round(ready, 2), **_phases(log, wall)}
         results.append(result)
         print(json.dumps(result), flush=True)
     if args.json is not None:

@@ -28,15 +28,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if args and args[0] == "serve":
+        from embedfleet_worker.engine.launch import launch_early
         from embedfleet_worker.settings import parse_settings
 
         settings = parse_settings(args[1:])
         with _shared_metrics(settings.api_processes):
+            # The engine's process first: it imports torch and loads the model while this
+            # process imports its own (launch.py says why and when).
+            launched = launch_early(settings, args[1:])
             # Imported here so `--version` stays instant (no torch import), and after the
             # metrics mode is set (prometheus_client reads it once, on import).
             from embedfleet_worker.http.server import serve
 
-            return serve(settings, argv=args[1:])
+            return serve(settings, argv=args[1:], launched=launched)
     parser.parse_args(args)
     parser.print_help()
     return 2

@@ -9,15 +9,14 @@ import asyncio
 import dataclasses
 import itertools
 import logging
-import os
 import socket
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
 
 from embedfleet_worker.engine import wire
 from embedfleet_worker.engine.errors import EngineUnavailableError, InvalidInputError
 from embedfleet_worker.engine.executor import EmbeddingResult, EngineConfig, EngineObserver
+from embedfleet_worker.engine.launch import LaunchedEngine, spawn_engine
 from embedfleet_worker.engine.options import EmbedOptions
 from embedfleet_worker.engine.tokenization import Input, InputEncoder, RequestEncoder
 from embedfleet_worker.model.loader import LoadedEncoder, ModelSpec, load_encoder
@@ -67,22 +66,32 @@ class EngineClient:
         stop_timeout: float,
         on_exit: Callable[[str], None],
         api_processes: int = 1,
+        launched: LaunchedEngine | None = None,
     ) -> EngineClient:
-        """Loads the encoder here and the model in a new process; returns once both are ready.
-        A hub id is resolved (downloaded) once, here; the engine loads the local folder. With
-        several API processes the engine also serves one connection for each of the others:
-        their ends are in `spare_sockets`."""
-        front = await asyncio.to_thread(load_encoder, spec)
-        local = dataclasses.replace(spec, model=str(front.path), offline=True)
-        pairs = [socket.socketpair() for _ in range(api_processes)]
-        # A fresh interpreter (not a fork: CUDA cannot run in a forked child, and this process
-        # has threads), started directly rather than by multiprocessing, whose resource-tracker
-        # process would outlive the worker for a moment after every exit.
-        process = await asyncio.to_thread(_spawn_engine, [theirs for _, theirs in pairs])
-        for _, theirs in pairs:
-            theirs.close()
-        reader, writer = await asyncio.open_connection(sock=pairs[0][0])
-        writer.write(wire.frame([("start", local, config, log_level, stop_timeout)]))
+        """Loads the encoder here and the model in the engine's process; returns once both are
+        ready. `launched`: an engine process already started on the serve flags (launch.py),
+        loading by itself meanwhile. Otherwise a hub id is resolved (downloaded) once, here,
+        and a new engine process loads the local folder. With several API processes the engine
+        also serves one connection for each of the others: their ends are in
+        `spare_sockets`."""
+        try:
+            front = await asyncio.to_thread(load_encoder, spec)
+        except BaseException:
+            if launched is not None:  # it would load a model nobody can use
+                launched.process.kill()
+            raise
+        if launched is not None:
+            process, ours = launched.process, launched.sockets
+        else:
+            local = dataclasses.replace(spec, model=str(front.path), offline=True)
+            pairs = [socket.socketpair() for _ in range(api_processes)]
+            process = await asyncio.to_thread(spawn_engine, [theirs for _, theirs in pairs])
+            for _, theirs in pairs:
+                theirs.close()
+            ours = [mine for mine, _ in pairs]
+        reader, writer = await asyncio.open_connection(sock=ours[0])
+        if launched is None:
+            writer.write(wire.frame([("start", local, config, log_level, stop_timeout)]))
         try:
             first = await wire.read_frame(reader)
         except asyncio.CancelledError:  # the server stops while the model loads
@@ -95,7 +104,7 @@ class EngineClient:
                 raise EngineStartError(f"the engine process exited (code {code})")
             raise EngineStartError(str(first[0][1]))
         client = cls._ready(first, front, process, (reader, writer), observer, config, on_exit)
-        client.spare_sockets = [ours for ours, _ in pairs[1:]]
+        client.spare_sockets = ours[1:]
         return client
 
     @classmethod
@@ -239,20 +248,6 @@ class EngineClient:
 # woken is a response written on the loop (~0.5 ms). Waking them all in one loop turn held
 # everything else on the loop (new requests, timers) for 20 ms and more.
 ANSWERS_PER_TURN = 8
-
-
-def _spawn_engine(socks: list[socket.socket]) -> subprocess.Popen[bytes]:
-    """`python -m embedfleet_worker.engine.process FD [FD ...]`, holding the engine's ends of
-    the socket pairs, with this interpreter's import path (the worker may run from a checkout,
-    not installed)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    fds = [sock.fileno() for sock in socks]
-    return subprocess.Popen(
-        [sys.executable, "-m", "embedfleet_worker.engine.process", *map(str, fds)],
-        pass_fds=fds,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def _wait(process: subprocess.Popen[bytes], seconds: float) -> int | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import queue
 import signal
 import socket
@@ -18,14 +19,17 @@ import sys
 import threading
 import time
 from functools import partial
+from pathlib import Path
 
 from embedfleet_worker.engine import wire
 from embedfleet_worker.engine.batching import largest_batch
 from embedfleet_worker.engine.errors import EmbeddingError
 from embedfleet_worker.engine.executor import EmbeddingEngine, EmbeddingResult, EngineConfig, Ticket
+from embedfleet_worker.engine.launch import SERVE_FLAGS
 from embedfleet_worker.engine.options import EmbedOptions
 from embedfleet_worker.logs import configure_logging
-from embedfleet_worker.model.loader import LoadedModel, ModelSpec, load_model
+from embedfleet_worker.model.loader import LoadedModel, ModelSpec, load_model, model_spec
+from embedfleet_worker.settings import parse_settings
 
 log = logging.getLogger("embedfleet.worker")
 
@@ -34,15 +38,36 @@ _WAKE: wire.Message = ("wake",)  # tells the sender a new queue depth waits; nev
 
 
 def main() -> None:
-    """`python -m embedfleet_worker.engine.process FD [FD ...]`: each FD is the engine's end of
-    one API process's socket pair. The first is the main API process's: its first frame says
-    what to load, its metrics hooks are forwarded to it, and it stops the engine."""
-    socks = [socket.socket(fileno=int(fd)) for fd in sys.argv[1:]]
+    """`python -m embedfleet_worker.engine.process FD [FD ...] [--serve FLAGS]`: each FD is the
+    engine's end of one API process's socket pair. The first is the main API process's: its
+    metrics hooks are forwarded to it, and it stops the engine. With `--serve` the engine reads
+    what to load from the serve flags and starts at once (launch.py); without, the main API
+    process's first frame says what to load."""
+    args = sys.argv[1:]
+    flags = args.index(SERVE_FLAGS) if SERVE_FLAGS in args else len(args)
+    socks = [socket.socket(fileno=int(fd)) for fd in args[:flags]]
+    if flags < len(args):
+        settings = parse_settings(args[flags + 1 :])
+        configure_logging(settings.log_level)
+        log.info("engine process started", extra={"imports_seconds": _since_process_start()})
+        spec, config = model_spec(settings), EngineConfig.from_settings(settings)
+        run_engine(socks, spec, config, settings.log_level, settings.drain_timeout_seconds)
+        return
     start = wire.receive_frame(socks[0])
     if start is None or start[0][0] != "start":
         sys.exit(2)  # the HTTP process went before it said what to load
     _, spec, config, log_level, stop_timeout = start[0]
     run_engine(socks, spec, config, log_level, stop_timeout)
+
+
+def _since_process_start() -> float | None:
+    """Seconds since this process started (Linux), for the start-up timeline in the log."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(uptime - ticks / os.sysconf("SC_CLK_TCK"), 2)
 
 
 class _Link:
@@ -144,9 +169,10 @@ def _warm_up(loaded: LoadedModel, config: EngineConfig) -> None:
     loaded.runner.prepare()
     warm = loaded.encoder.encode(["warm up"], EmbedOptions())[0]
     loaded.runner.embed([warm])
-    # The total is the HTTP process's "model ready" load_seconds; here its parts: compilation,
-    # attention plans and CUDA-graph capture (Qwen3 on a GPU), and the largest batch's memory.
-    phases = dict(getattr(loaded.runner, "prepare_seconds", {}))
+    # The total is the HTTP process's "model ready" load_seconds; here its parts: tokenizer,
+    # CUDA's start and the weights (load_model), compilation, attention plans and CUDA-graph
+    # capture (Qwen3 on a GPU), and the largest batch's memory.
+    phases = {**loaded.phases, **getattr(loaded.runner, "prepare_seconds", {})}
     if loaded.runner.device.type == "cuda":
         started = time.perf_counter()
         batch = largest_batch(config.max_batch_tokens, loaded.encoder.max_input_tokens, warm)

@@ -15,6 +15,7 @@ from types import FrameType
 
 import uvicorn
 
+from embedfleet_worker.engine.launch import LaunchedEngine
 from embedfleet_worker.http.app import create_app
 from embedfleet_worker.http.protocol import tracking_protocol
 from embedfleet_worker.http.worker_state import WorkerState
@@ -60,12 +61,19 @@ def serve(
     listen: socket.socket | None = None,
     engine_socket: socket.socket | None = None,
     ready_pipe: int | None = None,
+    launched: LaunchedEngine | None = None,
 ) -> int:
     """Runs the worker (the main API process), or with `listen` and `engine_socket` one of its
-    further API processes (api_processes.py)."""
+    further API processes (api_processes.py). `launched`: the engine process the command
+    started before this module was imported (engine/launch.py)."""
     configure_logging(settings.log_level)
     state = WorkerState.from_settings(
-        settings, argv=argv, listen=listen, engine_socket=engine_socket, ready_pipe=ready_pipe
+        settings,
+        argv=argv,
+        listen=listen,
+        engine_socket=engine_socket,
+        ready_pipe=ready_pipe,
+        launched=launched,
     )
     config = uvicorn.Config(
         create_app(state),

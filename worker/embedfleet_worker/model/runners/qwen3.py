@@ -210,10 +210,11 @@ class Qwen3Runner:
         with torch.inference_mode():
             if self.graphs is None:
                 self.embed([[1] * 300, [2] * 20])  # compiles the dynamic-shape kernels once
+                took("compile")
                 # The long-sequence path (per-sequence SDPA) has its own layouts, so its first
                 # use recompiled (1.3 s for a fresh worker's first 8K input): pay it here.
                 self.embed([[3] * LONG_SEQUENCE])
-                took("compile")
+                took("compile_long")
             if threading.get_ident() not in self._planned_threads:
                 self._build_long_attention_plans()
                 self._planned_threads.add(threading.get_ident())
@@ -221,6 +222,8 @@ class Qwen3Runner:
             if self.graphs is None:
                 self.graphs = SmallBatchGraphs(self)
                 took("cuda_graphs")
+                for part, seconds in self.graphs.seconds.items():
+                    self.prepare_seconds[f"cuda_graphs_{part}"] = seconds
 
     def _build_long_attention_plans(self) -> None:
         """One attention call per padded long length up to max_positions (about 1.5 s for

@@ -11,6 +11,7 @@ exactly as the eager path computes them."""
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -116,25 +117,36 @@ class SmallBatchGraphs:
         self.buckets = sorted(buckets, key=lambda b: (b.tokens, b.slots))
         self.captured = [_Captured(bucket, runner.device) for bucket in self.buckets]
         pool = torch.cuda.graph_pool_handle()
+        # Where the capture's time goes, for the engine's start-up log: the eager warm-up
+        # pass per bucket, the capture itself, and the first replays (each uploads its graph).
+        self.seconds = {"warm_up": 0.0, "capture": 0.0, "upload": 0.0}
         # Largest first (as vLLM captures): each smaller graph then reuses the pool's blocks
         # rather than growing it. Sharing is safe in any replay order because every output is
         # cloned right after its replay, and the static inputs live outside the pool.
         for captured in reversed(self.captured):
             captured.fill([[0] * min(captured.bucket.tokens, captured.bucket.longest)])
+            started = time.perf_counter()
             side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 self._body(captured)  # warm-up outside the capture: kernels compiled, tuned
             torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.synchronize()
+            warmed = time.perf_counter()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
                 captured.output = self._body(captured)
             captured.graph = graph
+            self.seconds["warm_up"] += warmed - started
+            self.seconds["capture"] += time.perf_counter() - warmed
         # A graph's first replay uploads it to the device (tens of ms for 36 layers): do that
         # here, not on a fresh worker's first query.
+        started = time.perf_counter()
         for captured in self.captured:
             captured.graph.replay()
         torch.cuda.synchronize()
+        self.seconds["upload"] = time.perf_counter() - started
+        self.seconds = {name: round(value, 2) for name, value in self.seconds.items()}
 
     def fits(self, lengths: Sequence[int]) -> bool:
         return self._bucket_for(lengths) is not None
