@@ -71,6 +71,10 @@ class Cluster:
         self.pending_tokens = 0.0
         self.pod_count = 0  # pods holding a GPU: starting and ready
         self.pods_created = 0
+        self.created: dict[int, int] = {}  # starting pod -> the second it was created
+        # Each pod's start as the operator measures it (starts.py): created to ready, whole
+        # seconds as Kubernetes timestamps have them, in the order the pods became ready.
+        self.starts: list[float] = []
         self.last_served = 0.0  # tokens served fleet-wide in the last second
         # This minute's traffic: tokens that saw only the service time, then (latency, tokens).
         self.fast_tokens = 0.0
@@ -104,6 +108,7 @@ class Cluster:
         for ready_time, pod in self.starting:
             if ready_time <= second:
                 self._add_ready(pod, second)
+                self.starts.append(float(second - self.created.pop(pod)))
             else:
                 still.append((ready_time, pod))
         self.starting = still
@@ -129,11 +134,13 @@ class Cluster:
     def scale_to(self, now: int, replicas: int) -> None:
         while self.pod_count < replicas:
             delay = self._rng.uniform(*self._delay)
-            self.starting.append((now + delay, self._new_id()))
+            pod = self._new_id()
+            self.starting.append((now + delay, pod))
+            self.created[pod] = now
             self.pod_count += 1
             self.pods_created += 1
         while self.pod_count > replicas and self.starting:
-            self.starting.pop()
+            self.created.pop(self.starting.pop()[1], None)
             self.pod_count -= 1
         orphaned = 0.0
         while self.pod_count > replicas:

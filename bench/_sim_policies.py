@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 
 from bench._sim_cluster import Cluster, SimConfig
 from embedfleet_operator.fleet import Observation, PodMetrics, PodObservation
-from embedfleet_operator.policy import Decision, History, ScalingSpec, decide, remember
+from embedfleet_operator.policy import History, ScalingSpec, decide, from_zero, remember
 from embedfleet_operator.spec import EmbeddingServiceSpec, ModelSpec
+from embedfleet_operator.starts import RECENT_STARTS
 
 
 class Autoscaler:
@@ -49,7 +51,8 @@ class Embedfleet(Autoscaler):
     yet (`PodObservation(name, None)`): the observer needs two scrapes. The scrape is taken
     `scrape_lag` seconds before the decision (the operator scrapes every worker, then
     decides; 1 s is generous at a 15 s tick), while the replica count is read at the decision,
-    as the operator reads the Deployment."""
+    as the operator reads the Deployment. The measured worker start is the operator's estimate
+    (starts.py): the median of the last 5 simulated pods' starts, none before the first."""
 
     name = "embedfleet"
 
@@ -106,9 +109,18 @@ class Embedfleet(Autoscaler):
         if (now + self.scrape_lag) % self.period == 0:
             self.scrape = self._scrape(cluster)
 
+    @staticmethod
+    def measured_start(cluster: Cluster) -> float | None:
+        recent = cluster.starts[-RECENT_STARTS:]
+        return statistics.median(recent) if recent else None
+
     def decide(self, now: int, cluster: Cluster) -> int:
         pods = self.scrape if self.scrape_lag else self._scrape(cluster)
-        observation = Observation(current_replicas=cluster.pod_count, ready_pods=pods)
+        observation = Observation(
+            current_replicas=cluster.pod_count,
+            ready_pods=pods,
+            worker_start_seconds=self.measured_start(cluster),
+        )
         decision = decide(observation, self.spec, self.history, float(now))
         self.history = remember(self.history, observation, decision, self.spec, float(now))
         self.last_reason = decision.reason
@@ -141,12 +153,12 @@ class EmbedfleetZero(Embedfleet):
             return None
         self.waiting_since = None
         # As Autoscaler.activate: the window holds this scale-up, and the fleet is active.
-        decision = Decision(1, "ScaledFromZero", "demand at the activator", 1)
+        decision = from_zero(self.spec, self.measured_start(cluster))
         observation = Observation(current_replicas=0, ready_pods=())
         self.history = remember(self.history, observation, decision, self.spec, float(now))
         self.history = dataclasses.replace(self.history, last_activity=float(now))
         self.last_reason = decision.reason
-        return 1
+        return decision.replicas
 
 
 class Hpa(Autoscaler):

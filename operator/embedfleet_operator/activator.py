@@ -31,6 +31,8 @@ from embedfleet_operator.activation import (
     forwarded_headers,
     retry_after,
     waited_too_long,
+    with_measured_start,
+    worker_not_serving,
 )
 
 log = logging.getLogger("embedfleet.activator")
@@ -38,6 +40,10 @@ ENV_PREFIX = "EMBEDFLEET_ACTIVATOR_"
 RETRY_SECONDS = 0.25  # between connection attempts to the workers while none is ready
 DEMAND_WAIT_SECONDS = 30.0  # the longest a /demand poll is held open
 _UNREACHABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
+
+
+class _NotServingError(Exception):
+    """A worker answered that it is loading or draining: hold the request as if none answered."""
 
 
 class ActivatorMetrics:
@@ -98,7 +104,9 @@ class Activator:
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
     async def _demand_poll(self, request: web.Request) -> web.Response:
-        """Answers when a request is held (at once if one is), or after `wait` seconds."""
+        """Answers when a request is held (at once if one is), or after `wait` seconds. The
+        operator's poll carries its measured worker start, which Retry-After counts down."""
+        self.limits = with_measured_start(self.limits, request.query.get("start"))
         wait = min(float(request.query.get("wait", DEMAND_WAIT_SECONDS)), DEMAND_WAIT_SECONDS)
         if not self.held:
             with contextlib.suppress(TimeoutError):
@@ -154,12 +162,14 @@ class Activator:
                     request.method, url, data=body, headers=headers, allow_redirects=False
                 ) as answer:
                     payload = await answer.read()
+                    if worker_not_serving(answer.status, payload):
+                        raise _NotServingError
                     response = web.Response(
                         status=answer.status,
                         body=payload,
                         headers=forwarded_headers(answer.headers.items()),
                     )
-            except _UNREACHABLE:
+            except (*_UNREACHABLE, _NotServingError):
                 attempt += 1
                 if attempt == 1 and self.waiting_since is None:
                     self.waiting_since = arrived  # the first request to find no worker

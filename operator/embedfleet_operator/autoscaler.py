@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -20,7 +21,14 @@ from embedfleet_operator.fleet import Observation
 from embedfleet_operator.kube import KubeWrites
 from embedfleet_operator.observer import Scraper, ready_targets
 from embedfleet_operator.operator_metrics import OperatorMetrics
-from embedfleet_operator.policy import Decision, History, ScalingSpec, decide, remember
+from embedfleet_operator.policy import (
+    Decision,
+    History,
+    ScalingSpec,
+    decide,
+    from_zero,
+    remember,
+)
 from embedfleet_operator.reconcile_plan import Live, route_to_activator, unready_pod_names
 from embedfleet_operator.resources import (
     build_kubernetes_service,
@@ -28,6 +36,7 @@ from embedfleet_operator.resources import (
     workers_service_name,
 )
 from embedfleet_operator.spec import EmbeddingService
+from embedfleet_operator.starts import StartHistory, record_starts
 from embedfleet_operator.status import (
     Condition,
     autoscaling_status,
@@ -43,6 +52,7 @@ AUTOSCALER_MANAGER = "embedfleet-autoscaler"  # the autoscaler's part of status
 class _ServiceState:
     scraper: Scraper
     history: History = field(default_factory=History)
+    starts: StartHistory = field(default_factory=StartHistory)
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,7 @@ class TickResult:
     decision: Decision | None  # None: autoscaling is off or there is no Deployment yet
     previous_replicas: int | None
     scaled: bool
+    worker_start_seconds: float | None = None  # the measured start the decision used
 
 
 class Autoscaler:
@@ -76,6 +87,12 @@ class Autoscaler:
     def forget(self, uid: str, namespace: str, name: str) -> None:
         self._services.pop(uid, None)
         self._metrics.forget(namespace, name)
+
+    def expected_start(self, service: EmbeddingService) -> float | None:
+        """The service's measured worker start (None before one was seen), for the activator's
+        Retry-After (demand.py)."""
+        state = self._services.get(service.uid)
+        return None if state is None else state.starts.estimate
 
     async def tick(
         self, service: EmbeddingService, *, late: float = 0.0, skipped: int = 0
@@ -107,12 +124,13 @@ class Autoscaler:
             state = _ServiceState(Scraper(self._http, self._scrape_timeout))
             self._services[service.uid] = state
         pods = self._cache.pods(namespace, name)
+        labels = (namespace, name)
+        self._measure_starts(state, pods, labels)
         # A scale-to-zero service's own Service may point at its activator: the workers'
         # Service always lists the workers.
         listed = workers_service_name(name) if scales_to_zero(service.spec) else name
         targets = ready_targets(self._cache.endpoint_slices(namespace, listed), pods)
         scrape = await state.scraper.scrape(targets, now)
-        labels = (namespace, name)
         self._metrics.scrapes.labels(*labels).inc(len(targets))
         if scrape.failures:
             self._metrics.scrape_failures.labels(*labels).inc(len(scrape.failures))
@@ -120,6 +138,7 @@ class Autoscaler:
             current_replicas=current,
             ready_pods=scrape.pods,
             unready_pods=unready_pod_names(pods, {t.name for t in targets}),
+            worker_start_seconds=state.starts.estimate,
         )
         scaling = ScalingSpec.from_spec(service.spec, tick_seconds=self._tick)
         decision = decide(observation, scaling, state.history, now)
@@ -132,7 +151,18 @@ class Autoscaler:
             await self._kube.scale(namespace, name, decision.replicas)
             direction = "up" if decision.replicas > current else "down"
             self._metrics.scale_events.labels(*labels, direction).inc()
-        return TickResult(decision, current, scaled)
+        return TickResult(decision, current, scaled, state.starts.estimate)
+
+    def _measure_starts(
+        self, state: _ServiceState, pods: list[dict[str, Any]], labels: tuple[str, str]
+    ) -> None:
+        """Each pod's start, once, the first time it is seen ready (from the pods the watch
+        already brought: no API call)."""
+        state.starts, measured = record_starts(state.starts, pods)
+        for seconds in measured:
+            self._metrics.worker_starts.labels(*labels).observe(seconds)
+        if state.starts.estimate is not None:
+            self._metrics.expected_start.labels(*labels).set(state.starts.estimate)
 
     async def _route_to_activator(self, service: EmbeddingService) -> None:
         """Before the last worker goes: the Kubernetes Service points at the activator, so no
@@ -149,15 +179,12 @@ class Autoscaler:
         if deployment is None or int((deployment.get("spec") or {}).get("replicas") or 0) > 0:
             return False
         now = self._clock()
-        wanted = max(1, service.spec.autoscaling.min_replicas)
-        await self._kube.scale(service.namespace, service.name, wanted)
-        decision = Decision(
-            wanted, "ScaledFromZero",
-            "a request reached the activator while no worker was running", wanted,
-        )  # fmt: skip
         state = self._services.get(service.uid)
+        start = None if state is None else state.starts.estimate
+        scaling = ScalingSpec.from_spec(service.spec, tick_seconds=self._tick)
+        decision = from_zero(scaling, start)
+        await self._kube.scale(service.namespace, service.name, decision.replicas)
         if state is not None:  # the window now holds this scale-up, and the fleet is active
-            scaling = ScalingSpec.from_spec(service.spec, tick_seconds=self._tick)
             state.history = remember(state.history, Observation(0, ()), decision, scaling, now)
             state.history = dataclasses.replace(state.history, last_activity=now)
         self._metrics.scale_events.labels(service.namespace, service.name, "up").inc()
@@ -167,7 +194,7 @@ class Autoscaler:
             Condition(kept["type"], kept["status"], kept.get("reason", ""), kept.get("message", ""))
             if kept else None
         )  # fmt: skip
-        await self._write_status(service, TickResult(decision, 0, scaled=True), schedule)
+        await self._write_status(service, TickResult(decision, 0, True, start), schedule)
         return True
 
     def _record(self, labels: tuple[str, str], decision: Decision, scaling: ScalingSpec) -> None:
@@ -187,6 +214,7 @@ class Autoscaler:
         wanted = autoscaling_status(
             service, decision, enabled=service.spec.autoscaling.enabled, scaled=result.scaled,
             now=self._wall_clock(), schedule=schedule,
+            worker_start_seconds=result.worker_start_seconds,
         )  # fmt: skip
         if not is_written(service.status, wanted):
             await self._kube.apply_status(

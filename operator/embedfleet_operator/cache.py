@@ -1,6 +1,7 @@
 """Watch-fed caches of the objects the operator reads on every pass: the workers' Deployments,
-Kubernetes Services, PodDisruptionBudgets, pods and EndpointSlices, kept by kopf indexes (one
-watch stream per kind, the informer pattern) instead of four API calls per service per tick.
+Kubernetes Services, PodDisruptionBudgets, pods, EndpointSlices and the activators'
+ServiceAccounts, kept by kopf indexes (one watch stream per kind, the informer pattern,
+each filtered to our label) instead of four API calls per service per tick.
 Each entry is keyed by (namespace, EmbeddingService name).
 
 At 200 services the per-tick reads were most of the operator's CPU and a tick took 3.2 s
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 import kopf
 
 from embedfleet_operator.crd import GROUP, PLURAL, VERSION
+from embedfleet_operator.prefetch import PREFETCH_LABEL
 from embedfleet_operator.resources import (
     ACTIVATOR_LABEL,
     MANAGED_BY_LABELS,
@@ -29,7 +31,10 @@ Key = tuple[str, str]  # (namespace, EmbeddingService name)
 DEPLOYMENTS, SERVICES, PDBS = "embedfleet_deployments", "embedfleet_services", "embedfleet_pdbs"
 PODS, SLICES = "embedfleet_pods", "embedfleet_slices"
 ACTIVATOR_PODS = "embedfleet_activator_pods"
+ACCOUNTS = "embedfleet_service_accounts"  # the activators' (resources.build_activator_account)
 EMBEDDING_SERVICES = "embedfleet_embedding_services"  # the resources themselves, by name
+# Prefetch Jobs and their pods, keyed by the prefetch label (prefetch.py), not the selector.
+PREFETCH_JOBS, PREFETCH_PODS = "embedfleet_prefetch_jobs", "embedfleet_prefetch_pods"
 
 
 class ClusterCache(Protocol):
@@ -50,6 +55,12 @@ class ClusterCache(Protocol):
     def activator(self, namespace: str, name: str) -> Manifest | None: ...
 
     def activator_pods(self, namespace: str, name: str) -> list[Manifest]: ...
+
+    def activator_account(self, namespace: str, name: str) -> Manifest | None: ...
+
+    def prefetch_jobs(self, namespace: str, name: str) -> list[Manifest]: ...
+
+    def prefetch_pods(self, namespace: str, name: str) -> list[Manifest]: ...
 
 
 class IndexCache:
@@ -94,6 +105,15 @@ class IndexCache:
     def activator_pods(self, namespace: str, name: str) -> list[Manifest]:
         return self._all(ACTIVATOR_PODS, namespace, name)
 
+    def activator_account(self, namespace: str, name: str) -> Manifest | None:
+        return self._one(ACCOUNTS, namespace, name, activator_name(name))
+
+    def prefetch_jobs(self, namespace: str, name: str) -> list[Manifest]:
+        return self._all(PREFETCH_JOBS, namespace, name)
+
+    def prefetch_pods(self, namespace: str, name: str) -> list[Manifest]:
+        return self._all(PREFETCH_PODS, namespace, name)
+
 
 def _by_service(body: kopf.Body) -> dict[Key, Manifest] | None:
     labels = body.metadata.labels
@@ -125,6 +145,7 @@ def register() -> None:
         (SERVICES, "", "v1", "services"),
         (PDBS, "policy", "v1", "poddisruptionbudgets"),
         (PODS, "", "v1", "pods"),
+        (ACCOUNTS, "", "v1", "serviceaccounts"),
     ):
 
         def index_one(body: kopf.Body, **_: Any) -> dict[Key, Manifest] | None:
@@ -139,6 +160,15 @@ def register() -> None:
         return {(body.metadata.namespace, service): dict(body)}
 
     kopf.index("", "v1", "pods", id=ACTIVATOR_PODS, labels=ours)(index_activator_pods)
+
+    def index_prefetch(body: kopf.Body, **_: Any) -> dict[Key, Manifest] | None:
+        service = body.metadata.labels.get(PREFETCH_LABEL)
+        if not service or body.metadata.namespace is None:
+            return None
+        return {(body.metadata.namespace, service): dict(body)}
+
+    kopf.index("batch", "v1", "jobs", id=PREFETCH_JOBS, labels=ours)(index_prefetch)
+    kopf.index("", "v1", "pods", id=PREFETCH_PODS, labels=ours)(index_prefetch)
 
     # The EndpointSlice controller copies the Kubernetes Service's labels onto its slices.
     def index_slices(body: kopf.Body, **_: Any) -> dict[Key, Manifest] | None:

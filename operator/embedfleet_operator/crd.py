@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from embedfleet_operator.crd_model import model_schema, prefetch_status
 from embedfleet_operator.schema_types import (
     FREEFORM,
     KEY_MAP,
@@ -28,8 +29,6 @@ from embedfleet_operator.spec import (
     EmbeddingServiceSpec,
     EngineSpec,
     ExposureSpec,
-    ModelCacheSpec,
-    ModelSpec,
     ResourcesSpec,
     default_of,
     to_json,
@@ -42,36 +41,6 @@ PLURAL = "embeddingservices"
 SINGULAR = "embeddingservice"
 SHORT_NAMES = ["embsvc"]
 CRD_NAME = f"{PLURAL}.{GROUP}"
-
-
-def _model() -> Schema:
-    return obj(
-        {
-            "name": string(minLength=1, description="Local path in the image or hub id."),
-            "revision": string(description="Hub revision to pin: branch, tag or commit."),
-            "dtype": string(
-                enum=["auto", "bfloat16", "float16", "float32"],
-                default=default_of(ModelSpec, "dtype"),
-            ),
-            "cache": obj(
-                {
-                    "pvc": {**OBJECT_NAME, "description": "Existing PVC holding the hub cache."},
-                    "emptyDirSizeLimit": {
-                        **QUANTITY,
-                        "default": default_of(ModelCacheSpec, "emptyDirSizeLimit"),
-                    },
-                },
-                description="Where model files are cached (mounted at /models).",
-                rules=[
-                    {
-                        "rule": "!(has(self.pvc) && has(self.emptyDirSizeLimit))",
-                        "message": "set either pvc or emptyDirSizeLimit, not both",
-                    }
-                ],
-            ),
-        },
-        required=["name"],
-    )
 
 
 def _engine() -> Schema:
@@ -164,8 +133,8 @@ def _autoscaling() -> Schema:
                 86400,
                 default=default_of(AutoscalingSpec, "idleTimeoutSeconds"),
                 description="With minReplicas 0: no traffic this long, and at least the "
-                "stabilisation window, scales to zero. Above zero an idle fleet comes down "
-                "through the stabilisation window.",
+                "stabilisation window and a worker's measured start, scales to zero. Above zero "
+                "an idle fleet comes down through the stabilisation window.",
             ),
             "scaleDownStabilizationSeconds": integer(
                 0,
@@ -194,7 +163,7 @@ def _autoscaling() -> Schema:
 def spec_schema() -> Schema:
     return obj(
         {
-            "model": _model(),
+            "model": model_schema(),
             "image": string(
                 minLength=1,
                 description="The worker image; default: the operator's (the chart's "
@@ -297,6 +266,11 @@ def status_schema() -> Schema:
             "lastScaleTime": string(format="date-time"),
             "lastScaleReason": string(),
             "lastScaleMessage": string(),
+            "workerStartSeconds": {
+                **number,
+                "description": "A worker's measured start, creation to Ready (the median of "
+                "the last 5 pods'), which the autoscaler's decisions use.",
+            },
             "metrics": obj(
                 {
                     # max(GPU, engine busy): what the utilisation target is compared with
@@ -311,6 +285,7 @@ def status_schema() -> Schema:
                 },
                 description="Fleet load measured at the last autoscaling tick.",
             ),
+            "prefetch": prefetch_status(),
         },
         # kopf keeps its own bookkeeping in status when progress storage uses it.
         preserve_unknown=True,
@@ -335,6 +310,7 @@ def _columns() -> list[Schema]:
         column("RPS", "number", ".status.metrics.requestsPerSecond"),
         column("Tokens/s", "number", ".status.metrics.tokensPerSecond", priority=1),
         column("Last-Scale", "string", ".status.lastScaleReason", priority=1),
+        column("Prefetch", "string", ".status.prefetch.phase", priority=1),
         column("Age", "date", ".metadata.creationTimestamp"),
     ]
 

@@ -21,8 +21,11 @@ IDLE_CHECK_SECONDS = 1.0  # how often a fleet that is not at zero is looked at a
 POLL_SECONDS = 25.0  # one /demand poll's length (the activator caps it at 30)
 
 
-def activator_url(cache: ClusterCache, service: EmbeddingService) -> str | None:
-    """The /demand URL of the service's ready activator pod while its fleet is at zero."""
+def activator_url(
+    cache: ClusterCache, service: EmbeddingService, expected_start: float | None = None
+) -> str | None:
+    """The /demand URL of the service's ready activator pod while its fleet is at zero; it
+    carries the measured worker start, for the Retry-After of requests the activator refuses."""
     if not scales_to_zero(service.spec):
         return None
     deployment = cache.deployment(service.namespace, service.name)
@@ -31,7 +34,8 @@ def activator_url(cache: ClusterCache, service: EmbeddingService) -> str | None:
     for pod in cache.activator_pods(service.namespace, service.name):
         ip, port = (pod.get("status") or {}).get("podIP"), pod_port(pod, "http")
         if ip and port is not None and pod_is_ready(pod):
-            return pod_url(ip, port, f"/demand?wait={POLL_SECONDS:g}")
+            start = "" if expected_start is None else f"&start={expected_start:.1f}"
+            return pod_url(ip, port, f"/demand?wait={POLL_SECONDS:g}{start}")
     return None
 
 
@@ -42,6 +46,7 @@ async def watch_demand(
     http: httpx.AsyncClient,
     activate: Callable[[EmbeddingService], Awaitable[None]],
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    expected_start: Callable[[EmbeddingService], float | None] = lambda _: None,
 ) -> None:
     """Until `stopped`: poll the activator while the fleet is at zero; `activate` on demand."""
     while not stopped:
@@ -50,7 +55,7 @@ async def watch_demand(
         except SpecError:
             await sleep(IDLE_CHECK_SECONDS)
             continue
-        url = activator_url(cache, service)
+        url = activator_url(cache, service, expected_start(service))
         if url is None or service.deleting:
             await sleep(IDLE_CHECK_SECONDS)
             continue

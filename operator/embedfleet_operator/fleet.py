@@ -46,6 +46,9 @@ class Observation:
     current_replicas: int  # the Deployment's spec.replicas
     ready_pods: tuple[PodObservation, ...]  # pods ready in the Service's EndpointSlices
     unready_pods: tuple[str, ...] = ()  # names of the other pods, not terminating
+    # What a new pod takes from creation to Ready, measured on this fleet's own pods
+    # (starts.py); None until one start has been seen.
+    worker_start_seconds: float | None = None
 
     @property
     def reporting(self) -> list[PodMetrics]:

@@ -52,11 +52,14 @@ async def reconcile_on_change(body: kopf.Body, memo: kopf.Memo, **_: Any) -> Non
     await _reconcile(memo, body)
 
 
+# A prefetch Job that progresses, succeeds or fails moves its service on (prefetch.py).
+@kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": "embedfleet"})
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": "embedfleet"})
 async def deployment_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     owners = [o for o in body.metadata.get("ownerReferences", []) if o.get("kind") == KIND]
     for owner in owners:
-        for service in memo.services.get((body.metadata.namespace, owner["name"]), ()):
+        # A copy: the index's live store changes while we await (a service deleted meanwhile).
+        for service in list(memo.services.get((body.metadata.namespace, owner["name"]), ())):
             await _reconcile(memo, service)
 
 
@@ -96,8 +99,10 @@ async def schedule(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped
 
     # Scale from zero the moment a request waits at the activator (demand.py), beside the ticks.
     demand = asyncio.create_task(
-        watch_demand(body, stopped, memo.cache, memo.http, activate), name="demand"
-    )
+        watch_demand(body, stopped, memo.cache, memo.http, activate,
+                     expected_start=memo.autoscaler.expected_start),
+        name="demand",
+    )  # fmt: skip
     try:
         await loop.run(stopped, tick, lambda: _reconcile(memo, body))
     finally:

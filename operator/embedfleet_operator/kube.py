@@ -53,6 +53,7 @@ class Kube:
         self.core = client.CoreV1Api(api)
         self.policy = client.PolicyV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self.batch = client.BatchV1Api(api)
 
     async def apply(self, manifest: Manifest) -> None:
         """Server-side apply with force: our manager owns exactly the fields we set."""
@@ -72,6 +73,10 @@ class Kube:
             patch = self.core.patch_namespaced_service
         elif kind == "PodDisruptionBudget":
             patch = self.policy.patch_namespaced_pod_disruption_budget
+        elif kind == "ServiceAccount":  # the activator's (build_activator_account)
+            patch = self.core.patch_namespaced_service_account
+        elif kind == "Job":  # a model's prefetch (prefetch.py)
+            patch = self.batch.patch_namespaced_job
         else:
             raise ValueError(f"unexpected kind {kind}")
         await _done(await patch(name, namespace, manifest, **options))
@@ -82,9 +87,12 @@ class Kube:
             "PodDisruptionBudget": self.policy.delete_namespaced_pod_disruption_budget,
             "Deployment": self.apps.delete_namespaced_deployment,
             "Service": self.core.delete_namespaced_service,
+            "Job": self.batch.delete_namespaced_job,
         }[kind]
+        # A Job's pods go with it (the API's default for Jobs orphans them).
+        options = {"propagation_policy": "Background"} if kind == "Job" else {}
         try:
-            await _done(await remove(name, namespace, _preload_content=False))
+            await _done(await remove(name, namespace, _preload_content=False, **options))
         except ApiException as error:
             if error.status != 404:
                 raise

@@ -30,6 +30,9 @@ MIN_REPLICAS = "embedfleet_operator_min_replicas"
 MAX_REPLICAS = "embedfleet_operator_max_replicas"
 FLEET_UTILIZATION = "embedfleet_operator_fleet_utilization_percent"
 FLEET_REQUESTS = "embedfleet_operator_fleet_requests_per_second"
+# Workers' starts, creation to Ready, from the pods' own timings (starts.py): each pod once.
+WORKER_START = "embedfleet_operator_worker_start_seconds"
+EXPECTED_WORKER_START = "embedfleet_operator_expected_worker_start_seconds"
 
 _SERVICE = ["namespace", "service"]
 
@@ -89,6 +92,19 @@ class OperatorMetrics:
         self.requests = Gauge(
             FLEET_REQUESTS, "Requests per second over the fleet.", _SERVICE, registry=r
         )
+        self.worker_starts = Histogram(
+            WORKER_START,
+            "A worker pod's start, creation to Ready (each pod once, when first seen ready).",
+            _SERVICE,
+            buckets=(2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200, 1800),
+            registry=r,
+        )
+        self.expected_start = Gauge(
+            EXPECTED_WORKER_START,
+            "The start the autoscaler expects of a new worker: the median of the last 5.",
+            _SERVICE,
+            registry=r,
+        )
 
     def forget(self, namespace: str, service: str) -> None:
         """Drops a deleted service's series (their label sets would otherwise live forever)."""
@@ -98,6 +114,8 @@ class OperatorMetrics:
             self.max_replicas,
             self.utilization,
             self.requests,
+            self.expected_start,
+            self.worker_starts,
         )
         for gauge in gauges:
             with contextlib.suppress(KeyError):

@@ -193,6 +193,16 @@ def _recommend_for_queue(
     then, before = earlier[0]  # growth over the metric window, not one tick's burst
     if queue <= before or now <= then:
         return None
+    last_time, last_queue = earlier[-1]
+    start = observation.worker_start_seconds
+    # Grown over the window but draining now: if the serving pods empty it before a new pod
+    # could be ready, that pod would come for a backlog already gone.
+    if (
+        start is not None
+        and queue < last_queue
+        and (queue * (now - last_time) / (last_queue - queue) < start)
+    ):
+        return None
     growth = (queue - before) / (now - then)  # tokens/s arriving beyond what is served
     served = metrics.tokens_per_second
     current = observation.current_replicas
@@ -216,8 +226,22 @@ def _lost(observation: Observation, history: History, now: float) -> list[str]:
     return [name for name in observation.unready_pods if name in recent]
 
 
+def _idle_bound(observation: Observation, spec: ScalingSpec) -> tuple[float, str]:
+    """How long a fleet must be idle to go to zero, and which bound decided. Zero is the one
+    scale-down a returning request pays a cold start for, so it waits at least as long as any
+    other (the stabilisation window), and at least one measured start: zero and back costs a
+    start of GPU time held without serving, plus that wait for the returning request. Idle
+    as long as that costs before paying it, and zero costs at most twice the best choice made
+    knowing when traffic returns (ski rental)."""
+    bounds = [(spec.idle_timeout_seconds, "the idle timeout"),
+              (spec.stabilization_seconds, "the stabilisation window")]  # fmt: skip
+    if observation.worker_start_seconds is not None:
+        bounds.append((observation.worker_start_seconds, "the measured worker start"))
+    return max(bounds, key=lambda bound: bound[0])
+
+
 def _is_idle(observation: Observation, spec: ScalingSpec, history: History, now: float) -> bool:
-    """No request for the idle timeout, with minReplicas 0: the only way to zero. Above zero
+    """No request for the idle bound, with minReplicas 0: the only way to zero. Above zero
     the targets' scale-down, with its stabilisation window, takes an idle fleet down, so a
     gap in traffic a little longer than the timeout does not meet a single pod on return."""
     if spec.min_replicas > 0 or observation.missing or not observation.ready_pods:
@@ -227,9 +251,7 @@ def _is_idle(observation: Observation, spec: ScalingSpec, history: History, now:
     if any(m.active for m in observation.reporting):
         return False
     since = history.last_activity if history.last_activity is not None else now
-    # Idle for the timeout and for the stabilisation window too: zero is the one scale-down
-    # a returning request pays a cold start for, so it waits at least as long as any other.
-    return now - since >= max(spec.idle_timeout_seconds, spec.stabilization_seconds)
+    return now - since >= _idle_bound(observation, spec)[0]
 
 
 def _bounds(wish: int, spec: ScalingSpec) -> tuple[int, str]:
@@ -249,14 +271,29 @@ def _scale_up_limit(current: int, spec: ScalingSpec, history: History, now: floa
     return max(math.floor(base * (1 + spec.scale_up_percent / 100)), base + spec.scale_up_pods)
 
 
+def _expected_ready(start: float) -> str:
+    return f"new workers expected ready in about {start:.0f}s (the measured start)"
+
+
+def from_zero(spec: ScalingSpec, worker_start_seconds: float | None) -> Decision:
+    """Demand at the activator while no worker runs: at once to minReplicas, at least one."""
+    wanted = max(1, spec.min_replicas)
+    wait = "" if worker_start_seconds is None else f"; {_expected_ready(worker_start_seconds)}"
+    message = f"a request reached the activator while no worker was running{wait}"
+    return Decision(wanted, "ScaledFromZero", message, wanted)
+
+
 def decide(observation: Observation, spec: ScalingSpec, history: History, now: float) -> Decision:
     current = observation.current_replicas
     metrics = fleet_metrics(observation)
     if _is_idle(observation, spec, history, now):
+        bound, which = _idle_bound(observation, spec)
+        start = observation.worker_start_seconds
         return Decision(
             spec.min_replicas, "Idle",
-            f"no requests for {max(spec.idle_timeout_seconds, spec.stabilization_seconds):g}s "
-            f"(idle timeout, at least the stabilisation window); going to minReplicas",
+            f"no requests for {bound:g}s ({which}; idle timeout {spec.idle_timeout_seconds:g}s, "
+            f"stabilisation window {spec.stabilization_seconds:g}s, measured worker start "
+            f"{'unknown' if start is None else f'{start:g}s'}); going to minReplicas",
             spec.min_replicas, limited=True, metrics=metrics,
         )  # fmt: skip
     candidates = [
@@ -292,6 +329,8 @@ def decide(observation: Observation, spec: ScalingSpec, history: History, now: f
         if recommendation > limit:
             replicas, reason = limit, "ScaleUpRateLimited"
             message = f"{message}; wants {recommendation}, rate-limited to {limit} this period"
+        if observation.worker_start_seconds is not None:
+            message += f"; {_expected_ready(observation.worker_start_seconds)}"
     elif recommendation < current:
         window = [
             r for when, r in history.recommendations if now - when < spec.stabilization_seconds

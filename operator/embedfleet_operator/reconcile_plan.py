@@ -9,9 +9,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from embedfleet_operator.prefetch import (
+    build_prefetch_job,
+    job_name,
+    prefetch_state,
+    wanted_prefetch,
+)
 from embedfleet_operator.resources import (
     REPLICAS_MANAGER,
     build_activator,
+    build_activator_account,
     build_deployment,
     build_kubernetes_service,
     build_pdb,
@@ -33,11 +40,18 @@ class Live:
     pdb: Manifest | None = None
     workers_service: Manifest | None = None  # scale-to-zero only: where the activator forwards
     activator: Manifest | None = None  # scale-to-zero only: the activator's Deployment
+    activator_account: Manifest | None = None  # scale-to-zero only: its ServiceAccount
+    # The service's prefetch Jobs (any model or revision) and their pods.
+    prefetch_jobs: tuple[Manifest, ...] = ()
+    prefetch_pods: tuple[Manifest, ...] = ()
+
+    def prefetch_job(self, name: str) -> Manifest | None:
+        return next((j for j in self.prefetch_jobs if j["metadata"]["name"] == name), None)
 
 
 @dataclass(frozen=True)
 class ObjectsPlan:
-    apply: tuple[Manifest, ...]  # in order: Deployment, Services, PDB, activator
+    apply: tuple[Manifest, ...]  # order: Deployment, Services, PDB, activator's account, activator
     delete: tuple[tuple[str, str], ...]  # (kind, name) of objects the spec no longer wants
 
 
@@ -62,10 +76,12 @@ def _differs(wanted: Manifest, live: Manifest | None) -> bool:
     if live is None:
         return True
     meta, live_meta = wanted["metadata"], live.get("metadata") or {}
+    # `spec`, or a ServiceAccount's top-level automountServiceAccountToken.
+    body = {k: v for k, v in wanted.items() if k not in ("apiVersion", "kind", "metadata")}
     return not (
         contains(live_meta.get("labels") or {}, meta.get("labels") or {})
         and contains(live_meta.get("ownerReferences") or [], meta.get("ownerReferences") or [])
-        and contains(live.get("spec") or {}, wanted["spec"])
+        and contains(live, body)
     )
 
 
@@ -101,18 +117,22 @@ def plan_objects(
     API call. The Kubernetes Service follows route_to_activator."""
     wanted_pdb = build_pdb(service)
     to_activator = route_to_activator(service, live)
-    wanted = [
-        (build_deployment(service, worker_image=worker_image), live.deployment),
-        (build_kubernetes_service(service, to_activator=to_activator), live.kubernetes_service),
-    ]
+    jobs, delete, held = _prefetch(service, live, worker_image=worker_image)
+    wanted = (
+        [] if held else [(build_deployment(service, worker_image=worker_image), live.deployment)]
+    )
+    wanted.append(
+        (build_kubernetes_service(service, to_activator=to_activator), live.kubernetes_service)
+    )
     if wanted_pdb is not None:
         wanted.append((wanted_pdb, live.pdb))
     # What the spec no longer wants goes, as the cache (complete before the first pass) shows.
-    delete = []
     if wanted_pdb is None and live.pdb is not None:
         delete.append(("PodDisruptionBudget", service.name))
     if scales_to_zero(service.spec):
         wanted.append((build_workers_service(service), live.workers_service))
+        # Before its Deployment: a pod naming a missing ServiceAccount is refused at creation.
+        wanted.append((build_activator_account(service), live.activator_account))
         cluster_ip = cluster_ip_of(live.workers_service)
         if cluster_ip:  # known once the workers' Service exists: the next pass adds it
             address = f"{cluster_ip}:{service.spec.service.port}"
@@ -128,9 +148,28 @@ def plan_objects(
         )
         wanted.append((asleep, live.activator))
     return ObjectsPlan(
-        apply=tuple(manifest for manifest, copy in wanted if full or _differs(manifest, copy)),
+        apply=jobs
+        + tuple(manifest for manifest, copy in wanted if full or _differs(manifest, copy)),
         delete=tuple(delete),
     )
+
+
+def _prefetch(
+    service: EmbeddingService, live: Live, *, worker_image: str
+) -> tuple[tuple[Manifest, ...], list[tuple[str, str]], bool]:
+    """The prefetch Job to create (a Job's template cannot change: it is sent only while
+    absent), the stale Jobs to delete, and whether the worker Deployment is held back: not
+    created, or not moved to the new model or revision, until the Job has succeeded."""
+    if not wanted_prefetch(service):
+        return (), [("Job", j["metadata"]["name"]) for j in live.prefetch_jobs], False
+    name = job_name(service)
+    job = live.prefetch_job(name)
+    state = prefetch_state(service, job, live.prefetch_pods)
+    create = () if job is not None else (build_prefetch_job(service, worker_image=worker_image),)
+    stale = [] if state.holds_workers else [
+        ("Job", j["metadata"]["name"]) for j in live.prefetch_jobs if j["metadata"]["name"] != name
+    ]  # fmt: skip
+    return create, stale, state.holds_workers
 
 
 def plan_replicas(service: EmbeddingService, deployment: Manifest | None) -> int | None:

@@ -17,6 +17,13 @@ from embedfleet_operator.cache import ClusterCache
 from embedfleet_operator.events import EventSink, announcements, utc_now
 from embedfleet_operator.kube import KubeWrites
 from embedfleet_operator.observer import load_failures
+from embedfleet_operator.prefetch import (
+    hold_problem,
+    job_name,
+    prefetch_state,
+    prefetch_status,
+    wanted_prefetch,
+)
 from embedfleet_operator.reconcile_plan import Live, plan_objects, plan_replicas
 from embedfleet_operator.refusals import Refusal, refusal_message, refused, should_apply
 from embedfleet_operator.spec import EmbeddingService, SpecError, parse_service
@@ -34,6 +41,9 @@ def observe_live(cache: ClusterCache, namespace: str, name: str) -> Live:
         pdb=cache.pdb(namespace, name),
         workers_service=cache.workers_service(namespace, name),
         activator=cache.activator(namespace, name),
+        activator_account=cache.activator_account(namespace, name),
+        prefetch_jobs=tuple(cache.prefetch_jobs(namespace, name)),
+        prefetch_pods=tuple(cache.prefetch_pods(namespace, name)),
     )
 
 
@@ -85,11 +95,23 @@ class Reconciler:
         pods = self._cache.pods(namespace, name)
         # Workers that run but stay unready may say why on /health (a model that cannot load).
         load_errors = await load_failures(self._http, pods, self._probe_timeout)
+        held, prefetch = self._prefetch(service)
         status = compute_status(
             service, deployment, pods,
             apply_error=problem, now=self._wall_clock(), load_errors=load_errors,
+            held=held, prefetch=prefetch,
         )  # fmt: skip
         await self._write_status(service, status)
+
+    def _prefetch(self, service: EmbeddingService) -> tuple[Problem | None, Manifest | None]:
+        """Why workers wait for the prefetch Job, and status.prefetch (None: no prefetch)."""
+        if not wanted_prefetch(service):
+            return None, None
+        namespace, name = service.namespace, service.name
+        job = next((j for j in self._cache.prefetch_jobs(namespace, name)
+                    if j["metadata"]["name"] == job_name(service)), None)  # fmt: skip
+        state = prefetch_state(service, job, self._cache.prefetch_pods(namespace, name))
+        return hold_problem(state), prefetch_status(service, state)
 
     async def _write_status(self, service: EmbeddingService, status: Manifest) -> None:
         if is_written(service.status, status):

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from embedfleet_operator.crd import GROUP, KIND, VERSION
+from embedfleet_operator.hub import hub_environment, prefetches
 from embedfleet_operator.spec import EmbeddingService, EmbeddingServiceSpec
 
 Manifest = dict[str, Any]
@@ -164,7 +165,8 @@ def build_deployment(
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["embedfleet-worker", "serve"],
         "ports": [{"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"}],
-        "env": worker_environment(spec),
+        # A prefetched model loads offline from the cache; otherwise workers download it.
+        "env": worker_environment(spec) + hub_environment(spec, downloads=not prefetches(spec)),
         "resources": _resources(spec),
         "volumeMounts": mounts,
         "securityContext": {
@@ -309,11 +311,23 @@ def build_workers_service(service: EmbeddingService) -> Manifest:
     }
 
 
+def build_activator_account(service: EmbeddingService) -> Manifest:
+    """The activator's own identity: a ServiceAccount bound to no Role (the operator polls the
+    activator; it never calls the API), with no token mounted into its pods."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {**_metadata(service), "name": activator_name(service.name)},
+        "automountServiceAccountToken": False,
+    }
+
+
 def build_activator(
     service: EmbeddingService, *, image: str, workers_address: str, replicas: int = 1
 ) -> Manifest:
-    """The activator's Deployment: one small CPU pod with no Kubernetes API access (no token
-    mounted). Its pods carry the activator label, never the workers' selector."""
+    """The activator's Deployment: one small CPU pod running as its own ServiceAccount
+    (build_activator_account) with no Kubernetes API access (no token mounted). Its pods carry
+    the activator label, never the workers' selector."""
     spec, name = service.spec, service.name
     container: Manifest = {
         "name": "activator",
@@ -357,6 +371,7 @@ def build_activator(
                 "metadata": {"labels": pod_labels, "annotations": dict(spec.pod_annotations)},
                 "spec": {
                     "containers": [container],
+                    "serviceAccountName": activator_name(name),
                     "automountServiceAccountToken": False,
                     "securityContext": {
                         "runAsNonRoot": True,

@@ -35,11 +35,25 @@ class ModelCacheSpec:
 
 
 @dataclass(frozen=True)
+class HubTokenSecretRef:
+    """A Secret in the service's namespace holding a gated model's hub token: it reaches pods
+    only as a secretKeyRef variable (HF_TOKEN), never in a manifest, a log or status."""
+
+    name: str
+    key: str = "token"
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     revision: str | None = None
     dtype: str = "auto"
     cache: ModelCacheSpec = ModelCacheSpec()
+    # Fetch the model into the cache PVC once per model and revision (a Job), before workers
+    # start; the workers then load it offline (prefetch.py).
+    prefetch: bool = False
+    hub_token_secret: HubTokenSecretRef | None = None
+    hub_endpoint: str | None = None  # a hub mirror (HF_ENDPOINT); unset: huggingface.co
 
 
 @dataclass(frozen=True)

@@ -180,6 +180,22 @@ def compute_conditions(
     return [readiness, progressing, degraded]
 
 
+def held_conditions(
+    conditions: list[Condition], held: Problem, *, workers: bool
+) -> list[Condition]:
+    """Workers held back until the model is in the cache (prefetch.py): Progressing says
+    Prefetching, or PrefetchFailed with Degraded; Ready too while no worker Deployment runs
+    (with one, running an earlier revision, Ready stays the workers')."""
+    failed = held.reason == "PrefetchFailed"
+    by_type = {c.type: c for c in conditions}
+    if not workers:
+        by_type["Ready"] = Condition("Ready", "False", held.reason, held.message)
+    by_type["Progressing"] = Condition("Progressing", str(not failed), held.reason, held.message)
+    if failed:
+        by_type["Degraded"] = Condition("Degraded", "True", held.reason, held.message)
+    return [by_type[c.type] for c in conditions]
+
+
 def compute_status(
     service: EmbeddingService,
     deployment: Manifest | None,
@@ -188,14 +204,21 @@ def compute_status(
     apply_error: Problem | None,
     now: str,
     load_errors: Mapping[str, str] | None = None,
+    held: Problem | None = None,
+    prefetch: Manifest | None = None,
 ) -> Manifest:
+    """`held`: why workers wait (prefetch.hold_problem); `prefetch`: status.prefetch."""
     current = service.status
     deployment_status = (deployment or {}).get("status", {})
     generation = service.generation
     conditions = compute_conditions(
         deployment, pods, apply_error=apply_error, load_errors=load_errors
     )
+    if held is not None and apply_error is None:
+        conditions = held_conditions(conditions, held, workers=deployment is not None)
+    extra = {"prefetch": prefetch} if prefetch is not None else {}
     return {
+        **extra,
         "observedGeneration": generation,
         "conditions": merge_conditions(
             current.get("conditions", []) or [], conditions, generation=generation, now=now
@@ -284,8 +307,10 @@ def autoscaling_status(
     scaled: bool,
     now: str,
     schedule: Condition | None = None,
+    worker_start_seconds: float | None = None,
 ) -> Manifest:
-    """The autoscaler's part of status; `scaled` when this tick changed the replica count."""
+    """The autoscaler's part of status; `scaled` when this tick changed the replica count,
+    `worker_start_seconds` the measured start its decisions used (None: none measured yet)."""
     current = service.status
     generation = service.generation
     conditions = scaling_conditions(decision, enabled=enabled)
@@ -314,6 +339,10 @@ def autoscaling_status(
         status["metrics"] = metrics_status(decision.metrics)
     elif current.get("metrics"):
         status["metrics"] = current["metrics"]
+    if worker_start_seconds is not None:
+        status["workerStartSeconds"] = round(worker_start_seconds, 1)
+    elif "workerStartSeconds" in current:  # an operator restart measures again; keep it so
+        status["workerStartSeconds"] = current["workerStartSeconds"]
     return status
 
 

@@ -1,11 +1,12 @@
 """A real Kubernetes control plane on loopback, without containers: etcd, kube-apiserver (RBAC
 on), kube-controller-manager, kube-scheduler and kwok with fake GPU nodes whose pods get IPs
-from 127.64.0.0/16. Everything listens on 127.0.0.1 only and stops with `stop()`."""
+from 127.64.0.0/12. Everything listens on 127.0.0.1 only and stops with `stop()`."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import ssl
 import subprocess
@@ -26,7 +27,11 @@ from tests.cluster.processes import ManagedProcess, free_loopback_port, wait_unt
 # Every address the cluster hands out is loopback: no test can ever send traffic elsewhere.
 SERVICE_CIDR = "127.96.0.0/16"
 FIRST_SERVICE_IP = "127.96.0.1"
-POD_CIDR = "127.64.0.0/16"
+# Each node's pods get a /24 of 127.64.0.0/12, from a random first block per cluster: clusters
+# run side by side on one machine (tests, the demo, a benchmark) and real processes bind pod
+# IPs, so two clusters handing out 127.64.0.1 had one's worker answer the other's probes.
+POD_CIDR = "127.64.0.0/12"
+POD_BLOCKS = 16 * 256
 FAKE_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
@@ -149,8 +154,11 @@ class LocalCluster:
         )
 
         core = kubernetes.client.CoreV1Api(self.api_client())
+        first_block = random.randrange(POD_BLOCKS - gpu_nodes)
         for index in range(gpu_nodes):
-            core.create_node(gpu_node_manifest(f"kwok-gpu-{index}", index, gpus_per_node))
+            core.create_node(
+                gpu_node_manifest(f"kwok-gpu-{index}", index, gpus_per_node, first_block)
+            )
         wait_until(
             lambda: self.check_alive() or self._all_nodes_ready(core, gpu_nodes),
             60,
@@ -266,10 +274,12 @@ class LocalCluster:
         return len(ready) >= expected
 
 
-def gpu_node_manifest(name: str, index: int, gpus: int) -> dict[str, Any]:
-    """A kwok-managed node advertising `gpus` NVIDIA GPUs and its own loopback pod CIDR."""
+def gpu_node_manifest(name: str, index: int, gpus: int, first_block: int = 0) -> dict[str, Any]:
+    """A kwok-managed node advertising `gpus` NVIDIA GPUs and its own loopback pod CIDR (the
+    /24 `first_block + index` of POD_CIDR)."""
     capacity = {"cpu": "64", "memory": "512Gi", "pods": "110", GPU_RESOURCE: str(gpus)}
-    pod_cidr = f"127.{64 + index // 256}.{index % 256}.0/24"
+    block = first_block + index
+    pod_cidr = f"127.{64 + block // 256}.{block % 256}.0/24"
     return {
         "apiVersion": "v1",
         "kind": "Node",

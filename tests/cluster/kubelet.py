@@ -1,11 +1,13 @@
 """A loopback kubelet for kwok pods annotated `kwok.embedfleet.dev/real-process`: it runs the
 pod's container command as a real process bound to the pod's 127.x IP, with the container's
-environment and a per-pod folder for each volume, reports readiness from the readiness probe's
-HTTP path like a kubelet, restarts a process that dies (restartPolicy Always) and SIGTERMs it
-when the pod is deleted. The operator then scrapes and scales real workers."""
+environment (secretKeyRefs read from their Secrets) and a folder per volume (per claim for a
+PVC, shared), reports readiness from the readiness probe like a kubelet, restarts a process
+that dies (restartPolicy Always; OnFailure unless it succeeded), ends a Job's pod Succeeded or
+Failed with its exit code and termination message, and SIGTERMs it when the pod is deleted."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import os
 import signal
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
+
+from tests.cluster.pod_status import ended_status, pull_refused_status, termination_message
 
 REAL_PROCESS_ANNOTATION = "kwok.embedfleet.dev/real-process"
 RESTART_BACKOFF_SECONDS = 1.0
@@ -39,6 +43,11 @@ class RunningPod:
     command: list[str]
     env: dict[str, str]
     log_path: Path
+    restart_policy: str = "Always"
+    container_name: str = "worker"
+    termination_log: Path | None = None  # the host file behind terminationMessagePath
+    fallback_to_logs: bool = False  # terminationMessagePolicy FallbackToLogsOnError
+    finished: bool = False  # a Never/OnFailure pod that ended for good
     process: subprocess.Popen[bytes] | None = None
     ready: bool = False
     restarts: int = 0
@@ -47,6 +56,7 @@ class RunningPod:
     kill_reason: str | None = None  # why the next death happens, when the kubelet caused it
     last_exit: dict[str, Any] | None = None  # lastState.terminated, as a kubelet reports it
     history: list[str] = field(default_factory=list)
+    secret_variables: frozenset[str] = frozenset()  # never written to container.env
 
     @property
     def base_url(self) -> str:
@@ -55,6 +65,21 @@ class RunningPod:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _on_host(value: str, mounts: dict[str, str]) -> str:
+    """A variable or argument naming a mount point (HF_HOME=/models, --cache-dir /models) gets
+    the volume's folder; a path inside one this machine lacks (/models/.compile-cache), that
+    path in the folder. Under a host folder (/tmp, where tests keep models) paths stay."""
+    inside = next(
+        (m for m in mounts if value.startswith(m.rstrip("/") + "/") and not Path(m).exists()),
+        None,
+    )
+    if value in mounts:
+        return mounts[value]
+    if inside is not None:
+        return mounts[inside] + value[len(inside.rstrip("/")) :]
+    return value
 
 
 def _probe(url: str, timeout: float) -> bool:
@@ -179,39 +204,38 @@ class LoopbackKubelet:
 
     def _describe(self, pod: Any) -> RunningPod:
         container = pod.spec.containers[0]
-        port = next(p.container_port for p in container.ports or [] if p.name == "http")
+        port = next((p.container_port for p in container.ports or [] if p.name == "http"), 0)
         probe = container.readiness_probe
         ready_path = probe.http_get.path if probe and probe.http_get else "/"
         failure_threshold = (probe.failure_threshold if probe else None) or 3
         probe_timeout = float((probe.timeout_seconds if probe else None) or 1)
         pod_dir = self.workdir / pod.metadata.name
+        claims = {v.name: v.persistent_volume_claim.claim_name for v in pod.spec.volumes or []
+                  if v.persistent_volume_claim is not None}  # fmt: skip
         mounts = {}
         for mount in container.volume_mounts or []:
             host = pod_dir / "volumes" / mount.name
+            if mount.name in claims:  # a claim's volume is the same folder for every pod
+                host = self.workdir / "claims" / claims[mount.name]
             host.mkdir(parents=True, exist_ok=True)
             if self.prepare_volume is not None:
                 self.prepare_volume(mount.name, host)
             mounts[mount.mount_path] = str(host)
-        env = {}
+        # The termination message's file is the pod folder's, like a volume of one file.
+        termination_log = pod_dir / "termination-log"
+        mounts[container.termination_message_path or "/dev/termination-log"] = str(termination_log)
+        env, from_secrets = {}, set()
         for variable in container.env or []:
             value = variable.value or ""
-            # A variable naming a mount point (HF_HOME=/models) gets the volume's folder, and
-            # one naming a path inside a mount point this machine does not have
-            # (/models/.compile-cache/...) that path in the folder. Paths under a mount point
-            # that is also a host folder (/tmp, where pods mount a tmp volume and tests keep
-            # their models) are the host's and left alone.
-            inside = next(
-                (m for m in mounts
-                 if value.startswith(m.rstrip("/") + "/") and not Path(m).exists()),
-                None,
-            )  # fmt: skip
-            if value in mounts:
-                value = mounts[value]
-            elif inside is not None:
-                value = mounts[inside] + value[len(inside.rstrip("/")) :]
-            env[variable.name] = value
+            ref = variable.value_from.secret_key_ref if variable.value_from else None
+            if ref is not None:
+                value = self._secret_value(ref.name, ref.key)
+                from_secrets.add(variable.name)
+            env[variable.name] = _on_host(value, mounts)
         env["EMBEDFLEET_HOST"] = pod.status.pod_ip  # 0.0.0.0 in the pod's own namespace
-        command = [*(container.command or []), *(container.args or [])]
+        command = [
+            _on_host(a, mounts) for a in [*(container.command or []), *(container.args or [])]
+        ]
         executable = BIN_DIR / command[0]
         if executable.exists():
             command[0] = str(executable)
@@ -226,7 +250,16 @@ class LoopbackKubelet:
             command=command,
             env=env,
             log_path=pod_dir / "container.log",
+            restart_policy=pod.spec.restart_policy or "Always",
+            container_name=container.name,
+            termination_log=termination_log,
+            fallback_to_logs=container.termination_message_policy == "FallbackToLogsOnError",
+            secret_variables=frozenset(from_secrets),
         )
+
+    def _secret_value(self, name: str, key: str) -> str:
+        secret = self.core.read_namespaced_secret(name, self.namespace)
+        return base64.b64decode((secret.data or {})[key]).decode()
 
     def _start(self, pod: RunningPod) -> None:
         pod.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -239,8 +272,10 @@ class LoopbackKubelet:
             **pod.env,
         }
         # What ran, for a reader of the logs: the command and the container's environment.
+        shown = {k: "<from a Secret>" if k in pod.secret_variables else v
+                 for k, v in pod.env.items()}  # fmt: skip
         (pod.log_path.parent / "container.env").write_text(
-            " ".join(pod.command) + "\n" + "".join(f"{k}={v}\n" for k, v in pod.env.items())
+            " ".join(pod.command) + "\n" + "".join(f"{k}={v}\n" for k, v in shown.items())
         )
         with pod.log_path.open("ab") as log:
             pod.process = subprocess.Popen(
@@ -253,7 +288,15 @@ class LoopbackKubelet:
 
     def _supervise(self, pod: RunningPod) -> None:
         assert pod.process is not None
-        if pod.process.poll() is not None:
+        if pod.finished:
+            return
+        code = pod.process.poll()
+        if code is not None and (
+            pod.restart_policy == "Never" or (pod.restart_policy == "OnFailure" and code == 0)
+        ):
+            self._finish(pod, code)
+            return
+        if code is not None:
             if pod.died_at is None:
                 pod.died_at = time.monotonic()
                 code = pod.process.returncode
@@ -275,6 +318,8 @@ class LoopbackKubelet:
                 self._start(pod)
                 self._set_ready(pod, False)  # running again (not ready yet), no longer waiting
             return
+        if not pod.port:  # a Job's pod serves nothing
+            return
         # As a kubelet does: Ready after one success, NotReady only after the probe's
         # failureThreshold consecutive failures (one slow probe on a busy machine is not one).
         passed = _probe(pod.base_url + pod.ready_path, pod.probe_timeout)
@@ -282,6 +327,16 @@ class LoopbackKubelet:
         ready = passed or (pod.ready and pod.probe_failures < pod.failure_threshold)
         if ready != pod.ready:
             self._set_ready(pod, ready)
+
+    def _finish(self, pod: RunningPod, code: int) -> None:
+        """A pod that is not restarted ends: phase Succeeded or Failed, its container
+        terminated with the exit code and the termination message (the log's tail instead,
+        for a failure under FallbackToLogsOnError), which the job controller reads."""
+        message = termination_message(code, pod.termination_log, pod.log_path,
+                                      fallback_to_logs=pod.fallback_to_logs)  # fmt: skip
+        self._patch_status(pod.name, ended_status(pod.container_name, code, message, pod.restarts))
+        pod.finished = True
+        pod.history.append(f"finished with exit code {code}")
 
     def _set_ready(
         self, pod: RunningPod, ready: bool, *, waiting: dict[str, str] | None = None
@@ -304,16 +359,18 @@ class LoopbackKubelet:
                 "containerStatuses": [container],
             }
         }
+        self._patch_status(pod.name, body)
+        pod.ready = ready
+        pod.history.append(f"ready={ready}")
+
+    def _patch_status(self, name: str, body: dict[str, Any]) -> None:
         try:
             self.core.patch_namespaced_pod_status(
-                pod.name, self.namespace, body,
-                _content_type="application/strategic-merge-patch+json",
-            )  # fmt: skip
+                name, self.namespace, body, _content_type="application/strategic-merge-patch+json"
+            )
         except kubernetes.client.ApiException as error:
             if error.status != 404:
                 raise
-        pod.ready = ready
-        pod.history.append(f"ready={ready}")
 
     def _refuse_pull(self, pod: Any, image: str) -> None:
         """What a kubelet reports for an image no registry has: the pod stays Pending, its
@@ -323,25 +380,7 @@ class LoopbackKubelet:
         waiting = statuses[0].state.waiting if statuses and statuses[0].state else None
         if waiting is not None and waiting.reason == "ImagePullBackOff":
             return
-        now = _now()
-        failure = (
-            f'Back-off pulling image "{image}": ErrImagePull: failed to pull and unpack image '
-            f'"{image}": failed to resolve reference "{image}": not found'
-        )
-        body = {
-            "status": {
-                "phase": "Pending",
-                "conditions": [
-                    {"type": "Ready", "status": "False", "lastTransitionTime": now},
-                    {"type": "ContainersReady", "status": "False", "lastTransitionTime": now},
-                ],
-                "containerStatuses": [
-                    {"name": pod.spec.containers[0].name, "ready": False, "restartCount": 0,
-                     "started": False, "image": image, "imageID": "",
-                     "state": {"waiting": {"reason": "ImagePullBackOff", "message": failure}}}
-                ],
-            }
-        }  # fmt: skip
+        body = pull_refused_status(pod.spec.containers[0].name, image)
         self.core.patch_namespaced_pod_status(
             pod.metadata.name, self.namespace, body,
             _content_type="application/strategic-merge-patch+json",

@@ -128,6 +128,14 @@ _DELETE = object()
         ("podLabels", {"no spaces": "a"}, "keys must be an optional DNS prefix"),
         ("nodeSelector", {"gpu/": "h100"}, "keys must be an optional DNS prefix"),
         ("podAnnotations", {"-leading": "any value at all!"}, "keys must be an optional DNS"),
+        ("model.prefetch", True, "prefetch needs cache.pvc"),
+        (
+            "model",
+            {"name": "/opt/models/minilm", "prefetch": True, "cache": {"pvc": "models"}},
+            "prefetch needs a hub id",
+        ),
+        ("model.hubEndpoint", "ftp://mirror.internal", "spec.model.hubEndpoint: Invalid value"),
+        ("model.hubTokenSecret", {"key": "token"}, "spec.model.hubTokenSecret.name: Required"),
     ],
 )
 def test_invalid_specs_are_rejected_with_a_clear_message(
@@ -171,3 +179,15 @@ def test_labels_annotations_and_tolerations_accept_what_kubernetes_accepts(
     ]  # fmt: skip
     body["metadata"]["name"] = "labelled"
     assert create(crd, namespace, body)["spec"]["podLabels"]["example.com/team"] == "search"
+
+
+@pytest.mark.cluster
+def test_a_cache_pvc_is_accepted_and_prefetch_with_it(
+    crd: kubernetes.client.CustomObjectsApi, namespace: str
+) -> None:
+    body = _with("model", {"name": "acme/embedder", "prefetch": True, "cache": {"pvc": "models"},
+                           "hubTokenSecret": {"name": "hf"}})  # fmt: skip
+    body["metadata"]["name"] = "prefetched"
+    model = create(crd, namespace, body)["spec"]["model"]
+    assert model["cache"] == {"pvc": "models"}  # no emptyDir default beside the pvc
+    assert model["hubTokenSecret"] == {"name": "hf", "key": "token"}

@@ -311,6 +311,10 @@ FORBIDDEN = [
     ("create a Pod", lambda c, ns: c.core.create_namespaced_pod(
         ns, {"metadata": {"name": "x"}, "spec": {"containers": [{"name": "x", "image": "x"}]}})),
     ("delete a Deployment", lambda c, ns: c.apps.delete_namespaced_deployment("any", ns)),
+    ("delete a Service", lambda c, ns: c.core.delete_namespaced_service("any", ns)),
+    ("delete a ServiceAccount", lambda c, ns: c.core.delete_namespaced_service_account("x", ns)),
+    ("create an activator's token", lambda c, ns: c.core.create_namespaced_service_account_token(
+        "any-activator", ns, {"spec": {"audiences": ["x"]}})),
     ("create a ServiceAccount token", lambda c, ns: c.core.create_namespaced_service_account_token(
         "default", ns, {"spec": {"audiences": ["x"]}})),
     ("patch a Node", lambda c, ns: c.core.patch_node(

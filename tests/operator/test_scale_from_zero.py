@@ -9,6 +9,7 @@ ready, and status, Events and the activator's metrics tell the story."""
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,9 +21,11 @@ import openai
 import pytest
 
 from embedfleet_operator.crd import GROUP, PLURAL, VERSION
+from embedfleet_operator.operator_metrics import WORKER_START as OPERATOR_WORKER_START
+from embedfleet_worker.metrics import WORKER_START
 from tests.cluster.controlplane import LocalCluster
 from tests.cluster.kubelet import REAL_PROCESS_ANNOTATION, LoopbackKubelet
-from tests.cluster.processes import ComponentDied, wait_until
+from tests.cluster.processes import ComponentDied, free_loopback_port, wait_until
 from tests.cluster.service_proxy import ServiceProxy
 from tests.modelzoo import minilm_dir
 from tests.operator.operator_process import OperatorProcess, create_peering, install_crds
@@ -54,17 +57,19 @@ def service_manifest() -> dict[str, Any]:
 @pytest.fixture
 def fleet(
     cluster: LocalCluster, namespace: str, tmp_path: Path
-) -> Iterator[tuple[OperatorProcess, LoopbackKubelet]]:
+) -> Iterator[tuple[str, LoopbackKubelet]]:
     install_crds(cluster)
     create_peering(cluster, namespace)
+    metrics = f"127.0.0.1:{free_loopback_port()}"
     operator = OperatorProcess(
         cluster, namespace, tmp_path / "operator.log",
         "--resync-seconds", "5", "--autoscale-seconds", str(TICK), "--scrape-timeout-seconds", "1",
+        "--metrics-address", metrics,
     )  # fmt: skip
     kubelet = LoopbackKubelet(cluster.api_client(), namespace, tmp_path / "pods")
     with kubelet:
         try:
-            yield operator, kubelet
+            yield f"http://{metrics}/metrics", kubelet
         finally:
             assert operator.stop() == 0
     assert not kubelet.errors, kubelet.errors
@@ -72,9 +77,9 @@ def fleet(
 
 
 def test_an_idle_fleet_goes_to_zero_and_the_next_requests_wake_it(
-    cluster: LocalCluster, namespace: str, fleet: tuple[OperatorProcess, LoopbackKubelet]
+    cluster: LocalCluster, namespace: str, fleet: tuple[str, LoopbackKubelet]
 ) -> None:
-    _operator, kubelet = fleet
+    operator_metrics, kubelet = fleet
     api = cluster.api_client()
     custom = kubernetes.client.CustomObjectsApi(api)
     apps = kubernetes.client.AppsV1Api(api)
@@ -100,8 +105,16 @@ def test_an_idle_fleet_goes_to_zero_and_the_next_requests_wake_it(
 
     wait_until(lambda: ready(NAME) == 1, 180, "the first worker ready")
     start_time = time.monotonic() - created  # a worker's start, from nothing to Ready
+    # The operator measures it from the pod's timestamps (whole seconds): at least the
+    # worker's own process start to Ready, at most what this test saw.
+    worker = next(p for p in kubelet.running() if p.name.startswith(f"{NAME}-")
+                  and "activator" not in p.name)  # fmt: skip
+    own = float(_sample(_get(f"{worker.base_url}/metrics"), WORKER_START) or "nan")
+    wait_until(lambda: "workerStartSeconds" in status(), 30, "the measured start in status")
+    measured = status()["workerStartSeconds"]
+    assert own - 1.0 <= measured <= start_time + 1.0, (own, measured, start_time)
     wait_until(lambda: ready(f"{NAME}-activator") == 1, 60, "the activator ready")
-    wait_until(lambda: replicas() == 0, 60, "the idle fleet at zero")
+    wait_until(lambda: replicas() == 0, 180, "the idle fleet at zero")  # idle >= the measured start
     wait_until(lambda: selector() == {"embedfleet.dev/activator": NAME}, 30,
                "the Service pointing at the activator")  # fmt: skip
     wait_until(lambda: not any(p.name.startswith(f"{NAME}-") and "activator" not in p.name
@@ -137,9 +150,25 @@ def test_an_idle_fleet_goes_to_zero_and_the_next_requests_wake_it(
     events = core.list_namespaced_event(
         namespace, field_selector="involvedObject.kind=EmbeddingService"
     )
-    assert any(e.reason == "ScaledFromZero" for e in events.items), [e.reason for e in events.items]
+    woken = [e.message for e in events.items if e.reason == "ScaledFromZero"]
+    assert len(woken) == 1, [e.reason for e in events.items]
+    assert "new workers expected ready in about" in woken[0], woken
+    starts = OPERATOR_WORKER_START + '_count{namespace="%s",service="%s"}'
+    # Both workers' starts, each once: the first and the one woken from zero.
+    wait_until(lambda: _sample(_get(operator_metrics), starts % (namespace, NAME)) == "2.0", 30,
+               "both starts in the operator's histogram")  # fmt: skip
     activator = next(p for p in kubelet.running() if "activator" in p.name)
-    with urllib.request.urlopen(f"{activator.base_url}/metrics", timeout=5) as answer:
-        metrics = answer.read().decode()
+    metrics = _get(f"{activator.base_url}/metrics")
     assert "embedfleet_activator_activations_total 1.0" in metrics, metrics
     assert 'embedfleet_activator_requests_total{outcome="forwarded"}' in metrics
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return str(answer.read().decode())
+
+
+def _sample(metrics: str, series: str) -> str | None:
+    """A series' value as exposed, None when it is not there."""
+    found = re.search(rf"^{re.escape(series)} (\S+)$", metrics, re.MULTILINE)
+    return found.group(1) if found else None

@@ -76,6 +76,7 @@ class FakeCache:
     pod_list: dict[tuple[str, str], list[Manifest]] = field(default_factory=dict)
     slices: dict[tuple[str, str], list[Manifest]] = field(default_factory=dict)
     activator_pod_list: dict[tuple[str, str], list[Manifest]] = field(default_factory=dict)
+    prefetch_pod_list: dict[tuple[str, str], list[Manifest]] = field(default_factory=dict)
 
     def store(self, manifest: Manifest) -> None:
         live = copy.deepcopy(manifest)
@@ -119,6 +120,20 @@ class FakeCache:
 
     def activator_pods(self, namespace: str, name: str) -> list[Manifest]:
         return self.activator_pod_list.get((namespace, name), [])
+
+    def activator_account(self, namespace: str, name: str) -> Manifest | None:
+        return self.objects.get(("ServiceAccount", namespace, f"{name}-activator"))
+
+    def prefetch_jobs(self, namespace: str, name: str) -> list[Manifest]:
+        return sorted(
+            (job for (kind, ns, _), job in self.objects.items()
+             if kind == "Job" and ns == namespace
+             and job["metadata"]["labels"].get("embedfleet.dev/prefetch") == name),
+            key=lambda job: str(job["metadata"]["name"]),
+        )  # fmt: skip
+
+    def prefetch_pods(self, namespace: str, name: str) -> list[Manifest]:
+        return self.prefetch_pod_list.get((namespace, name), [])
 
 
 @dataclass

@@ -14,10 +14,11 @@ from typing import Any
 
 import aiohttp
 import httpx
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from embedfleet_operator.activation import HoldLimits
+from embedfleet_operator.activation import HoldLimits, worker_not_serving
 from embedfleet_operator.activator import Activator, ActivatorMetrics
 
 
@@ -182,3 +183,69 @@ def test_the_operators_demand_watch_wakes_the_fleet_when_a_request_waits() -> No
             request.cancel()
 
     with_activator(LIMITS, scenario)
+
+
+def test_retry_after_follows_the_measured_start_the_operators_poll_carries() -> None:
+    async def body(server: TestServer, worker_port: int, activator: Activator) -> None:
+        async with aiohttp.ClientSession() as client:
+            refused = await client.post(server.make_url("/v1/embeddings"), json={})
+            assert refused.headers["Retry-After"] == "10"  # the configured start
+            poll = await client.get(server.make_url("/demand?wait=0&start=42.3"))
+            assert (await poll.json())["held"] == 0
+            refused = await client.post(server.make_url("/v1/embeddings"), json={})
+            _is_openai_503(refused, await refused.json(), "queue_full")
+            assert refused.headers["Retry-After"] == "43"  # no start under way: all of it
+
+    with_activator(HoldLimits(max_held=0, hold_seconds=60, retry_after_seconds=10), body)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "not_serving"),
+    [
+        (503, b'{"error": {"code": "draining", "type": "service_unavailable"}}', True),
+        (503, b'{"error": {"code": "engine_unavailable", "type": "service_unavailable"}}', True),
+        (503, b'{"error": {"code": "queue_full"}}', False),  # a worker's overload is the client's
+        (429, b'{"error": {"code": "draining"}}', False),
+        (200, b'{"object": "list"}', False),
+        (503, b"not json", False),
+        (503, b'["a list"]', False),
+        (503, b'{"error": "text"}', False),
+    ],
+)
+def test_a_worker_that_is_loading_or_draining_is_not_serving(
+    status: int, body: bytes, not_serving: bool
+) -> None:
+    assert worker_not_serving(status, body) is not_serving
+
+
+def test_a_draining_workers_503_is_held_and_sent_again_not_returned() -> None:
+    """While a fleet wakes, the workers' Service may still list a worker that is going away:
+    its 503 "draining" must not reach the client while the hold lasts."""
+
+    async def body(server: TestServer, worker_port: int, activator: Activator) -> None:
+        refusals = 2
+
+        async def embed(request: web.Request) -> web.Response:
+            nonlocal refusals
+            if refusals:
+                refusals -= 1
+                return web.json_response({"error": {"code": "draining"}}, status=503)
+            return web.json_response({"object": "list"})
+
+        app = web.Application()
+        app.router.add_post("/v1/embeddings", embed)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", worker_port).start()
+        try:
+            async with aiohttp.ClientSession() as client:
+                answer = await asyncio.wait_for(
+                    client.post(server.make_url("/v1/embeddings"), json={}), timeout=10
+                )
+                assert answer.status == 200, await answer.text()
+                assert (await answer.json()) == {"object": "list"}
+                assert refusals == 0  # both refusals were met and held over
+        finally:
+            await runner.cleanup()
+
+    with_activator(LIMITS, body)

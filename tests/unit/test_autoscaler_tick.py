@@ -187,3 +187,26 @@ def test_the_service_points_at_a_ready_activator_before_the_last_worker_goes() -
     name, service = calls[-2]
     assert name == "apply"
     assert service["spec"]["selector"] == {"embedfleet.dev/activator": "emb"}
+
+
+def test_each_workers_start_is_measured_once_and_told_in_status_metrics_and_from_zero() -> None:
+    fleet = Fleet()
+    for index, pod in enumerate(fleet.cache.pod_list[("ml", "emb")]):  # ready after 60 s, 70 s
+        pod["metadata"]["creationTimestamp"] = "2026-12-02T10:00:00Z"
+        pod["status"]["conditions"][0]["lastTransitionTime"] = f"2026-12-02T10:01:{index}0Z"
+    fleet.tick()
+    fleet.tick()
+    assert fleet.status()["workerStartSeconds"] == 65.0
+    sample = fleet.metrics.registry.get_sample_value
+    labels = {"namespace": "ml", "service": "emb"}
+    assert sample("embedfleet_operator_worker_start_seconds_count", labels) == 2  # once each
+    assert sample("embedfleet_operator_worker_start_seconds_sum", labels) == 130
+    assert sample("embedfleet_operator_expected_worker_start_seconds", labels) == 65
+    service = parse_service(body(SPEC))
+    assert fleet.autoscaler.expected_start(service) == 65.0
+    fleet.cache.objects[("Deployment", "ml", "emb")]["spec"]["replicas"] = 0
+    assert asyncio.run(fleet.autoscaler.activate(service)) is True
+    _, event = fleet.events.posted[-1]
+    assert event.reason == "ScaledFromZero"
+    assert "expected ready in about 65s" in event.message
+    assert "expected ready in about 65s" in fleet.status()["lastScaleMessage"]

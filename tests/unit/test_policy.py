@@ -3,12 +3,20 @@ count and the reason it must give."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import pytest
 
 from embedfleet_operator.fleet import Observation, PodMetrics, PodObservation
-from embedfleet_operator.policy import Decision, History, ScalingSpec, decide, remember
+from embedfleet_operator.policy import (
+    Decision,
+    History,
+    ScalingSpec,
+    decide,
+    from_zero,
+    remember,
+)
 
 NOW = 10_000.0
 
@@ -30,11 +38,17 @@ def load(
     )
 
 
-def fleet(current: int, *pods: PodMetrics | None, unready: tuple[str, ...] = ()) -> Observation:
+def fleet(
+    current: int,
+    *pods: PodMetrics | None,
+    unready: tuple[str, ...] = (),
+    start: float | None = None,
+) -> Observation:
     return Observation(
         current_replicas=current,
         ready_pods=tuple(PodObservation(f"w-{i}", m) for i, m in enumerate(pods)),
         unready_pods=unready,
+        worker_start_seconds=start,
     )
 
 
@@ -44,6 +58,8 @@ TPS = ScalingSpec(min_replicas=1, max_replicas=20, target_tokens_per_second=1000
 BOTH = ScalingSpec(
     min_replicas=1, max_replicas=20, target_utilization_percent=65, target_requests_per_second=10
 )
+# minReplicas 0 with the default idle timeout (120 s) and stabilisation window (300 s).
+ZERO = ScalingSpec(min_replicas=0, max_replicas=8, target_utilization_percent=65)
 STARTED = NOW - 3600  # a history older than any window: the startup hold is over
 BUSY = History(last_activity=NOW, started=STARTED)  # recently active, long running
 
@@ -117,6 +133,18 @@ CASES = [
          fleet(2, load(60, tps=5000, queue=40_000), load(60, tps=5000, queue=40_000)),
          2, "UtilizationWithinTarget",
          history=past(last_activity=NOW, totals=earlier_ticks((15, 120.0, 20_000.0)))),
+    # Grown over the window but draining now: the queue rule adds no pod that would be
+    # ready only after the backlog is gone (here 400K tokens draining at 13K/s: 30 s).
+    Case("a queue draining before a new pod could be ready adds no pod", UTIL,
+         fleet(2, load(95, tps=5000, queue=200_000), load(95, tps=5000, queue=200_000),
+               start=120), 3, "UtilizationAboveTarget",
+         history=past(last_activity=NOW, totals=earlier_ticks(
+             (45, 190.0, 0.0), (30, 190.0, 300_000.0), (15, 190.0, 600_000.0)))),
+    Case("a queue still there when a new pod is ready scales by arrivals over service", UTIL,
+         fleet(2, load(95, tps=5000, queue=200_000), load(95, tps=5000, queue=200_000),
+               start=20), 4, "QueueGrowing",
+         history=past(last_activity=NOW, totals=earlier_ticks(
+             (45, 190.0, 0.0), (30, 190.0, 300_000.0), (15, 190.0, 600_000.0)))),
     Case("a large but shrinking queue is no reason to scale", UTIL,
          fleet(2, load(95, tps=5000, queue=20_000), load(95, tps=5000, queue=20_000)),
          3, "UtilizationAboveTarget",
@@ -174,6 +202,17 @@ CASES = [
          ScalingSpec(min_replicas=0, max_replicas=8, target_utilization_percent=65),
          fleet(3, load(0), load(0), load(0)), 3, "ScaleDownStabilized",
          history=past(last_activity=NOW - 60, recommendations=((NOW - 10, 3),))),
+    # A measured worker start longer than both: going to zero and back costs a start, so
+    # idle must last one first (ski rental).
+    Case("idle for the timeout and the window but not a measured start holds",
+         ZERO, fleet(2, load(0), load(0), start=400), 2, "ScaleDownStabilized",
+         history=past(last_activity=NOW - 350, recommendations=((NOW - 10, 2),))),
+    Case("idle for the measured start when it is the longest bound goes to zero",
+         ZERO, fleet(2, load(0), load(0), start=400), 0, "Idle",
+         history=past(last_activity=NOW - 400), limited=True),
+    Case("a measured start shorter than the window changes nothing",
+         ZERO, fleet(2, load(0), load(0), start=30), 0, "Idle",
+         history=past(last_activity=NOW - 301), limited=True),
     Case("idle needs every ready pod measured",
          ScalingSpec(min_replicas=0, max_replicas=8, target_utilization_percent=65),
          fleet(3, load(0), load(0), None), 3, "MetricsMissing",
@@ -230,6 +269,42 @@ def test_clamp_message_says_which_bound() -> None:
     spec = ScalingSpec(min_replicas=1, max_replicas=4, target_utilization_percent=65)
     decision = decide(fleet(3, *[load(100)] * 3), spec, BUSY, NOW)
     assert "maxReplicas 4" in decision.message
+
+
+@pytest.mark.parametrize(
+    ("spec", "start", "idle", "says"),
+    [
+        (dataclasses.replace(ZERO, idle_timeout_seconds=600), 400.0, 600,
+         "600s (the idle timeout;"),
+        (ZERO, 30.0, 300, "300s (the stabilisation window;"),
+        (ZERO, 400.0, 400, "400s (the measured worker start;"),
+        (ZERO, None, 300, "measured worker start unknown"),
+    ],
+)  # fmt: skip
+def test_the_idle_message_says_which_bound_applied(
+    spec: ScalingSpec, start: float | None, idle: float, says: str
+) -> None:
+    decision = decide(fleet(1, load(0), start=start), spec, past(last_activity=NOW - idle), NOW)
+    assert decision.reason == "Idle"
+    assert says in decision.message, decision.message
+
+
+def test_a_scale_up_says_when_its_pods_are_expected_ready() -> None:
+    decision = decide(fleet(2, load(100), load(100), start=84.6), UTIL, BUSY, NOW)
+    assert decision.replicas == 4
+    assert "new workers expected ready in about 85s (the measured start)" in decision.message
+    unknown = decide(fleet(2, load(100), load(100)), UTIL, BUSY, NOW)
+    assert "expected ready" not in unknown.message
+    steady = decide(fleet(2, load(60), load(60), start=84.6), UTIL, BUSY, NOW)
+    assert "expected ready" not in steady.message  # nothing starts
+
+
+def test_scaling_from_zero_says_the_expected_wait() -> None:
+    decision = from_zero(ZERO, 42.0)
+    assert (decision.replicas, decision.reason) == (1, "ScaledFromZero")
+    assert "expected ready in about 42s" in decision.message
+    assert "expected" not in from_zero(ZERO, None).message
+    assert from_zero(dataclasses.replace(ZERO, min_replicas=2), None).replicas == 2
 
 
 def test_remember_keeps_the_window_and_the_period() -> None:

@@ -232,6 +232,28 @@ def test_a_scale_to_zero_service_gets_the_workers_service_then_its_activator() -
     assert "embedfleet.dev/service" not in labels  # never selected as a worker
 
 
+def test_the_activators_account_comes_before_its_deployment_and_is_kept() -> None:
+    world = World()
+    resource = body(SCALE_TO_ZERO)
+    world.run(resource)
+    world.run(resource)
+    order = [(m["kind"], m["metadata"]["name"]) for m in world.kube.named("apply")]
+    account, deployment = ("ServiceAccount", "emb-activator"), ("Deployment", "emb-activator")
+    assert order.index(account) < order.index(deployment)  # a pod needs its account to exist
+    world.reset()
+    world.run(resource)  # unchanged: no write at all
+    assert world.kinds_applied() == []
+    del world.cache.objects[("ServiceAccount", "ml", "emb-activator")]  # deleted by hand
+    world.run(resource)
+    assert [(m["kind"], m["metadata"]["name"]) for m in world.kube.named("apply")] == [account]
+    world.reset()
+    live = world.cache.objects[("ServiceAccount", "ml", "emb-activator")]
+    live["automountServiceAccountToken"] = True  # a hand edit that would mount tokens
+    world.run(resource)
+    [repaired] = world.kube.named("apply")
+    assert repaired["automountServiceAccountToken"] is False
+
+
 def test_the_service_points_at_the_activator_only_while_no_worker_is_ready() -> None:
     world = World()
     resource = body(SCALE_TO_ZERO)

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from embedfleet_operator.resources import (
+    build_activator,
+    build_activator_account,
     build_deployment,
     build_kubernetes_service,
     build_pdb,
@@ -181,3 +183,40 @@ def test_engine_settings_reach_the_worker_through_its_environment(
     assert settings.max_connection_age_seconds == age
     assert settings.max_connection_requests == requests
     assert settings.max_batch_tokens == engine.get("maxBatchTokens", 16384)
+
+
+SCALES_TO_ZERO = {"enabled": True, "minReplicas": 0, "maxReplicas": 2}
+
+
+def activator_pod(body: dict[str, Any]) -> dict[str, Any]:
+    built = build_activator(parse_service(body), image="op:1", workers_address="10.0.0.1:8000")
+    result: dict[str, Any] = built["spec"]["template"]["spec"]
+    return result
+
+
+@pytest.mark.parametrize(
+    ("check", "why"),
+    [
+        (lambda a, p: a["kind"] == "ServiceAccount"
+         and a["metadata"]["name"] == "qwen3-4b-activator" and a["metadata"]["namespace"] == "ml",
+         "one account per service, named after it"),
+        (lambda a, p: a["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+         and a["metadata"]["ownerReferences"][0]["controller"] is True,
+         "owned by the EmbeddingService: the garbage collector removes it, no delete verb"),
+        (lambda a, p: a["automountServiceAccountToken"] is False
+         and p["automountServiceAccountToken"] is False, "no token, on the account and the pod"),
+        (lambda a, p: p["serviceAccountName"] == a["metadata"]["name"],
+         "the activator's pods run as that account, not the namespace's default"),
+        (lambda a, p: a["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "embedfleet",
+         "labelled, so the operator's label-filtered cache sees it"),
+        (lambda a, p: set(a) == {"apiVersion", "kind", "metadata", "automountServiceAccountToken"},
+         "no secrets or imagePullSecrets listed: nothing to read with it"),
+        (lambda a, p: p["securityContext"]["runAsNonRoot"] is True
+         and p["securityContext"]["runAsUser"] == 1000
+         and p["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False,
+         "non-root"),
+    ],
+)  # fmt: skip
+def test_the_activators_own_account(check: Any, why: str) -> None:
+    body = service_with(autoscaling=SCALES_TO_ZERO)
+    assert check(build_activator_account(parse_service(body)), activator_pod(body)), why

@@ -13,6 +13,7 @@ from embedfleet_operator import crd
 from embedfleet_operator.spec import (
     OMITTED_AUTOSCALING,
     EmbeddingServiceSpec,
+    HubTokenSecretRef,
     ModelSpec,
     SpecError,
     parse_spec,
@@ -41,7 +42,8 @@ def _at(document: Any, path: str) -> Any:
 def test_every_crd_default_is_the_typed_specs() -> None:
     """Parse a spec with nothing but the model, as the operator sees a body: every default the
     apiserver would fill in is the one the typed spec reads."""
-    minimal = to_json(parse_spec({"model": {"name": "m", "cache": {}},
+    minimal = to_json(parse_spec({"model": {"name": "m", "cache": {},
+                                            "hubTokenSecret": {"name": "t"}},
                                   "apiKeySecretRef": {"name": "k"}}))  # fmt: skip
     schema_defaults = _defaults(crd.spec_schema())
     assert len(schema_defaults) >= 20
@@ -66,6 +68,11 @@ def test_every_typed_default_is_in_the_crd() -> None:
 
     walk(minimal, "")
     leaves.pop("model.name")
+    # A default only without a pvc, which a CRD default cannot say (it would be applied beside
+    # a pvc, and the cache's CEL rule refuse it): the field's description gives it.
+    assert "50Gi" in crd.spec_schema()["properties"]["model"]["properties"]["cache"][
+        "properties"]["emptyDirSizeLimit"]["description"]  # fmt: skip
+    leaves.pop("model.cache.emptyDirSizeLimit")
     for path in leaves:
         covered = path in schema_defaults or any(
             path.startswith(f"{p}.") and isinstance(d, dict) and d
@@ -105,6 +112,9 @@ def test_no_operator_module_repeats_a_default() -> None:
          "spec.tolerations: expected a list"),
         ({"model": {"name": "m"}, "podLabels": {"team": 3}}, "spec.podLabels.team: expected a"),
         ({"model": "m"}, "spec.model: expected an object"),
+        ({"model": {"name": "m", "prefetch": "yes"}}, "spec.model.prefetch: expected true or"),
+        ({"model": {"name": "m", "hubTokenSecret": {"key": "t"}}},
+         "spec.model.hubTokenSecret.name: Required value"),
     ],
 )  # fmt: skip
 def test_a_body_it_cannot_read_names_the_field(spec: dict[str, Any], message: str) -> None:
@@ -122,3 +132,15 @@ def test_an_omitted_autoscaling_block_targets_gpu_utilisation_an_explicit_one_on
     assert explicit.target_gpu_utilization_percent is None
     assert explicit.target_requests_per_second_per_replica == 20
     assert (explicit.min_replicas, explicit.max_replicas) == (1, 4)
+
+
+def test_the_hub_fields_are_off_unless_set() -> None:
+    plain = parse_spec({"model": {"name": "acme/m"}}).model
+    assert (plain.prefetch, plain.hub_token_secret, plain.hub_endpoint) == (False, None, None)
+    model = parse_spec({"model": {"name": "acme/m", "prefetch": True, "cache": {"pvc": "models"},
+                                  "hubTokenSecret": {"name": "hf"},
+                                  "hubEndpoint": "http://127.0.0.1:1"}}).model  # fmt: skip
+    assert model.prefetch
+    assert model.cache.pvc == "models"
+    assert model.hub_token_secret == HubTokenSecretRef(name="hf", key="token")
+    assert model.hub_endpoint == "http://127.0.0.1:1"

@@ -246,3 +246,18 @@ def test_autoscaling_status(
     if decision is not None:
         assert status["metrics"]["utilizationPercent"] == 71.23
         assert "gpuUtilizationPercent" not in status["metrics"]  # no GPU: absent, not zero
+
+
+def test_the_measured_worker_start_is_written_rounded_and_kept_across_a_restart() -> None:
+    decision = Decision(3, "UtilizationAboveTarget", "m", 3, metrics=METRICS)
+    status = autoscaling_status(
+        SERVICE, decision, enabled=True, scaled=False, now="t", worker_start_seconds=84.56
+    )
+    assert status["workerStartSeconds"] == 84.6
+    assert "workerStartSeconds" not in autoscaling_status(
+        SERVICE, decision, enabled=True, scaled=False, now="t"
+    )  # none measured yet, none written before
+    # A restarted operator has measured nothing yet: what status held is carried over.
+    written = replace(SERVICE, status={**SERVICE.status, "workerStartSeconds": 84.6})
+    kept = autoscaling_status(written, decision, enabled=True, scaled=False, now="t")
+    assert kept["workerStartSeconds"] == 84.6

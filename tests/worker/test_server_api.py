@@ -19,6 +19,7 @@ import pytest
 
 from embedfleet_worker.engine.executor import EmbeddingEngine
 from embedfleet_worker.engine.options import EmbedOptions
+from embedfleet_worker.metrics import WORKER_MODEL_LOAD, WORKER_START
 from embedfleet_worker.model.loader import ModelSpec, load_model
 from tests.modelzoo import minilm_dir
 from tests.worker.server_process import WorkerProcess, start_worker
@@ -247,6 +248,10 @@ def test_probes_metrics_and_openapi_need_no_key(worker: WorkerProcess) -> None:
     # No GPU here: the NVML gauges are absent rather than zero.
     assert "embedfleet_gpu_utilization_ratio" not in metrics
     assert 'embedfleet_model_info{dtype="float32",fingerprint="sha256:' in metrics
+    # Its own start, set at Ready: process start to Ready, and the model load inside it.
+    values = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line[:1] not in "#")
+    started, loaded = float(values[WORKER_START]), float(values[WORKER_MODEL_LOAD])
+    assert 0 < loaded < started < 600, (loaded, started)
     schema = httpx.get(worker.base_url + "/openapi.json").json()
     assert "/v1/embeddings" in schema["paths"]
 

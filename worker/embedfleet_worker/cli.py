@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the HTTP server (flags: `serve --help`)", add_help=False)
+    commands.add_parser(
+        "prefetch", help="fetch a hub model into a cache folder (`prefetch --help`)", add_help=False
+    )
     return parser
 
 
@@ -41,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from embedfleet_worker.http.server import serve
 
             return serve(settings, argv=args[1:], launched=launched)
+    if args and args[0] == "prefetch":
+        from embedfleet_worker.prefetch import main as prefetch
+
+        return prefetch(args[1:])
     parser.parse_args(args)
     parser.print_help()
     return 2

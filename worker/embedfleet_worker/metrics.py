@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,6 +47,10 @@ CONNECTIONS_OPENED = "embedfleet_connections_opened_total"
 CONNECTIONS_RECYCLED = "embedfleet_connections_recycled_total"
 CLIENT_CONNECTIONS = "embedfleet_client_connections"
 EVENT_LOOP_LAG = "embedfleet_event_loop_lag_seconds"
+# This worker's own start, set once when it turns Ready; the operator measures the whole start
+# (creation to Ready, scheduling and image pull included) from the pod's timings.
+WORKER_START = "embedfleet_worker_start_seconds"
+WORKER_MODEL_LOAD = "embedfleet_worker_model_load_seconds"
 
 # `*_created` series double the scrape size and nothing here reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -132,6 +137,18 @@ class WorkerMetrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.worker_start = Gauge(
+            WORKER_START,
+            "Process start to Ready (model load and warm-up included); set once, at Ready.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.model_load = Gauge(
+            WORKER_MODEL_LOAD,
+            "The engine's model load, the part of the start spent loading; set at Ready.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         with contextlib.suppress(Exception):  # no NVML: the GPU gauges are simply absent
             self.registry.register(GpuCollector.create())
         # process_start_time_seconds lets the autoscaler tell a restart from a quiet tick: the
@@ -143,6 +160,13 @@ class WorkerMetrics:
         # python_gc_collections_total{generation}: full collections stall the event loop (of
         # the process the scrape reached).
         GCCollector(registry=self.registry)
+
+    def on_ready(self, load_seconds: float) -> None:
+        """The worker turned Ready: how long its process took, and the model load's part."""
+        age = process_age_seconds()
+        if age is not None:
+            self.worker_start.set(age)
+        self.model_load.set(load_seconds)
 
     def sync_connections(self) -> None:
         """Multiprocess mode: copies this process's connection counts to the shared files."""
@@ -161,6 +185,19 @@ class WorkerMetrics:
     def on_queue_depth(self, tokens: int, requests: int) -> None:
         self.queue_tokens.set(tokens)
         self.queue_requests.set(requests)
+
+
+def process_age_seconds() -> float | None:
+    """Seconds since this process started, from the kernel's own start time (/proc, Linux),
+    so the interpreter's start and imports count; None where /proc has no such record."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as stat:
+            # Fields after the command name (which may hold spaces): starttime is the 20th.
+            started_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+    since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)
+    return max(0.0, since_boot - started_ticks / os.sysconf("SC_CLK_TCK"))
 
 
 # (name, help) of the connection series: one process's table, or every process's (multiprocess).

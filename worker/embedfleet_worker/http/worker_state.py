@@ -155,6 +155,8 @@ class WorkerState:
             dtype=info.dtype_name,
             fingerprint=info.fingerprint,
         ).set(1)
+        if self.engine_socket is None:  # the main API process: its start is the worker's
+            self.metrics.on_ready(info.load_seconds)
         self._ready.set()
         log.info(
             "model ready",

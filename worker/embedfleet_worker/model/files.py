@@ -27,6 +27,8 @@ _DESCRIPTOR_FILES = (
     "merges.txt",
 )
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
+# What a worker reads of a hub repo, and so all that `embedfleet-worker prefetch` fetches.
+HUB_PATTERNS = (*_DESCRIPTOR_FILES, "*.safetensors", "*.safetensors.index.json")
 _SAMPLE_BYTES = 1 << 20  # per weight file: header + three 1 MiB windows
 _SUPPORTED_MODULES = {
     "sentence_transformers.models.Transformer",
@@ -73,7 +75,7 @@ def resolve_model_dir(
             revision=revision,
             cache_dir=cache_dir,
             local_files_only=offline,
-            allow_patterns=[*_DESCRIPTOR_FILES, "*.safetensors", "*.safetensors.index.json"],
+            allow_patterns=list(HUB_PATTERNS),
         )
     )
 
