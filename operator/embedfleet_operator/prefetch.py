@@ -15,8 +15,9 @@ from embedfleet_operator.hub import hub_environment, prefetches
 from embedfleet_operator.resources import (
     MANAGED_BY_LABELS,
     MODEL_CACHE_PATH,
-    WORKER_UID,
     owner_reference,
+    worker_placement,
+    worker_pod_security,
 )
 from embedfleet_operator.spec import EmbeddingService
 from embedfleet_operator.status import Problem
@@ -95,20 +96,9 @@ def build_prefetch_job(service: EmbeddingService, *, worker_image: str) -> Manif
             {"name": "models", "persistentVolumeClaim": {"claimName": model.cache.pvc}},
             {"name": "tmp", "emptyDir": {}},
         ],
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": WORKER_UID,
-            "runAsGroup": WORKER_UID,
-            "fsGroup": WORKER_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": worker_pod_security(),
+        **worker_placement(spec, affinity=False),
     }
-    placement = {
-        "nodeSelector": dict(spec.node_selector),
-        "tolerations": list(spec.tolerations),
-        "priorityClassName": spec.priority_class_name,
-    }
-    pod_spec.update({key: value for key, value in placement.items() if value})
     labels = prefetch_labels(name)
     return {
         "apiVersion": "batch/v1",

@@ -151,6 +151,28 @@ def _volumes(spec: EmbeddingServiceSpec) -> tuple[list[Manifest], list[Manifest]
     return volumes, mounts
 
 
+def worker_pod_security() -> Manifest:
+    """The pod-level security of every pod that runs the worker image (workers, prefetch)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": WORKER_UID,
+        "runAsGroup": WORKER_UID,
+        "fsGroup": WORKER_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def worker_placement(spec: EmbeddingServiceSpec, *, affinity: bool = True) -> Manifest:
+    """Where the spec puts pods of the worker image: only the fields it sets."""
+    placement = {
+        "nodeSelector": dict(spec.node_selector),
+        "tolerations": list(spec.tolerations),
+        "affinity": spec.affinity if affinity else None,
+        "priorityClassName": spec.priority_class_name,
+    }
+    return {key: value for key, value in placement.items() if value}
+
+
 def build_deployment(
     service: EmbeddingService, *, worker_image: str, replicas: int | None = None
 ) -> Manifest:
@@ -182,21 +204,9 @@ def build_deployment(
         "volumes": volumes,
         "terminationGracePeriodSeconds": spec.engine.drain_timeout_seconds
         + TERMINATION_MARGIN_SECONDS,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": WORKER_UID,
-            "runAsGroup": WORKER_UID,
-            "fsGroup": WORKER_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": worker_pod_security(),
+        **worker_placement(spec),
     }
-    placement = {
-        "nodeSelector": dict(spec.node_selector),
-        "tolerations": list(spec.tolerations),
-        "affinity": spec.affinity,
-        "priorityClassName": spec.priority_class_name,
-    }
-    pod_spec.update({key: value for key, value in placement.items() if value})
     annotations = {
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(WORKER_PORT),
