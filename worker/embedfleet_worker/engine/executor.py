@@ -110,7 +110,7 @@ class EmbeddingEngine:
     def __init__(
         self,
         runner: EmbeddingRunner,
-        encoder: InputEncoder | None,  # None: token ids only (`submit`), as in engine.process
+        encoder: InputEncoder,
         config: EngineConfig | None = None,
         *,
         normalize_by_default: bool = True,
@@ -135,9 +135,7 @@ class EmbeddingEngine:
         self._ids = itertools.count()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._request_encoder = (
-            None if encoder is None else RequestEncoder(encoder, self.config.tokenizer_threads)
-        )
+        self._request_encoder = RequestEncoder(encoder, self.config.tokenizer_threads)
         self.busy_seconds = 0.0
         self.interleaved_batches = 0  # query batches run between a bulk batch's layers
 
@@ -177,8 +175,7 @@ class EmbeddingEngine:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
-        if self._request_encoder is not None:
-            self._request_encoder.close()
+        self._request_encoder.close()
 
     @property
     def running(self) -> bool:
@@ -195,8 +192,6 @@ class EmbeddingEngine:
         if not self.running:
             raise EngineUnavailableError("the engine is not running")
         options.validate(self.runner.hidden_size)
-        if self._request_encoder is None:
-            raise EngineUnavailableError("this engine takes token ids only (submit)")
         sequences = await self._request_encoder.encode(inputs, options)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[EmbeddingResult] = loop.create_future()

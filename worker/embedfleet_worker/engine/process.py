@@ -26,8 +26,9 @@ from embedfleet_worker.engine.batching import largest_batch
 from embedfleet_worker.engine.errors import EmbeddingError
 from embedfleet_worker.engine.executor import EmbeddingEngine, EmbeddingResult, EngineConfig, Ticket
 from embedfleet_worker.engine.launch import SERVE_FLAGS
+from embedfleet_worker.engine.options import EmbedOptions
 from embedfleet_worker.logs import configure_logging
-from embedfleet_worker.model.loader import LoadedRunner, ModelSpec, load_runner, model_spec
+from embedfleet_worker.model.loader import LoadedModel, ModelSpec, load_model, model_spec
 from embedfleet_worker.settings import parse_settings
 
 log = logging.getLogger("embedfleet.worker")
@@ -133,10 +134,10 @@ def _load(
 ) -> EmbeddingEngine | None:
     started = time.perf_counter()
     try:
-        loaded = load_runner(spec)  # no tokenizer: the HTTP process sends token ids
+        loaded = load_model(spec)
         engine = EmbeddingEngine(
             loaded.runner,
-            None,
+            loaded.encoder,
             config,
             normalize_by_default=loaded.description.normalize_by_default,
             observer=observer,
@@ -144,7 +145,7 @@ def _load(
         try:
             engine.start(warm_up=partial(_warm_up, loaded, config))
         except Exception:
-            engine.stop(0)
+            engine.stop(0)  # its tokeniser threads
             raise
     except Exception as error:  # reported by the HTTP process through /health and its log
         for outbox in outboxes:
@@ -162,24 +163,19 @@ def _load(
     return engine
 
 
-# Token ids for the warm-up passes: their values change no kernel or shape (the HTTP process's
-# own warm-up sends a real text through the tokenizer, the socket and here).
-_WARM_IDS = [1] * 8
-
-
-def _warm_up(loaded: LoadedRunner, config: EngineConfig) -> None:
+def _warm_up(loaded: LoadedModel, config: EngineConfig) -> None:
     """Before Ready, on the compute thread: the runner's preparation, a first forward pass
     (it allocates and autotunes) and, on a GPU, the largest batch (the allocator's memory)."""
     loaded.runner.prepare()
-    warm = _WARM_IDS
+    warm = loaded.encoder.encode(["warm up"], EmbedOptions())[0]
     loaded.runner.embed([warm])
-    # The total is the HTTP process's "model ready" load_seconds; here its parts: CUDA's start
-    # and the weights (load_runner), compilation, attention plans and CUDA-graph capture (Qwen3
-    # on a GPU), and the largest batch's memory.
+    # The total is the HTTP process's "model ready" load_seconds; here its parts: tokenizer,
+    # CUDA's start and the weights (load_model), compilation, attention plans and CUDA-graph
+    # capture (Qwen3 on a GPU), and the largest batch's memory.
     phases = {**loaded.phases, **getattr(loaded.runner, "prepare_seconds", {})}
     if loaded.runner.device.type == "cuda":
         started = time.perf_counter()
-        batch = largest_batch(config.max_batch_tokens, loaded.max_input_tokens, warm)
+        batch = largest_batch(config.max_batch_tokens, loaded.encoder.max_input_tokens, warm)
         loaded.runner.embed(batch)
         phases["largest_batch"] = round(time.perf_counter() - started, 2)
     log.info("model prepared", extra={"phases": phases})

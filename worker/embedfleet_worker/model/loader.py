@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -72,27 +72,19 @@ def model_spec(settings: WorkerSettings) -> ModelSpec:
 
 
 @dataclass(frozen=True)
-class LoadedRunner:
-    """A model's runner without its tokenizer: what the engine's process needs, since the HTTP
-    process tokenises every request and sends token ids."""
-
+class LoadedModel:
     spec: ModelSpec
     description: ModelDescription
     runner: EmbeddingRunner
+    encoder: InputEncoder
     fingerprint: str
-    max_input_tokens: int  # the model's context, or the spec's lower cap
-    # Seconds of each loading step (CUDA's start, reading and placing the weights, and the
-    # tokenizer where one is loaded), for the engine's start-up log.
-    phases: dict[str, float]
+    # Seconds of each loading step (tokenizer, CUDA's start, reading and placing the weights),
+    # for the engine's start-up log.
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def dtype_name(self) -> str:
         return str(self.runner.dtype).removeprefix("torch.")
-
-
-@dataclass(frozen=True)
-class LoadedModel(LoadedRunner):
-    encoder: InputEncoder
 
 
 def resolve_device(name: DeviceName) -> torch.device:
@@ -124,88 +116,60 @@ class LoadedEncoder:
 
 def load_encoder(spec: ModelSpec) -> LoadedEncoder:
     """Resolves the model (downloading a hub id unless offline) and builds its input encoder."""
-    return _encoder(spec, *_describe(spec))
+    path = resolve_model_dir(
+        spec.model, spec.revision, cache_dir=spec.cache_dir, offline=spec.offline
+    )
+    return _encoder(spec, path, describe_model(path))
 
 
 def _encoder(spec: ModelSpec, path: Path, description: ModelDescription) -> LoadedEncoder:
-    tokenizer = _tokenizer(path)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(path), trust_remote_code=False, local_files_only=True
+    )
+    max_tokens = description.max_input_tokens
+    if spec.max_input_tokens is not None:
+        if not 1 < spec.max_input_tokens <= max_tokens:
+            raise ValueError(f"max_input_tokens must be in 2..{max_tokens} for this model")
+        max_tokens = spec.max_input_tokens
     encoder = InputEncoder(
         tokenizer,
         probe_template(tokenizer, description.pooling),
-        max_input_tokens=input_limit(spec, description),
+        max_input_tokens=max_tokens,
         vocab_size=description.vocab_size,
         default_instruction=spec.default_instruction,
     )
     return LoadedEncoder(path, description, tokenizer, encoder)
 
 
-def _tokenizer(path: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
-
-
-def input_limit(spec: ModelSpec, description: ModelDescription) -> int:
-    """The longest input in tokens: the model's context, or the spec's lower cap."""
-    limit = description.max_input_tokens
-    if spec.max_input_tokens is not None:
-        if not 1 < spec.max_input_tokens <= limit:
-            raise ValueError(f"max_input_tokens must be in 2..{limit} for this model")
-        limit = spec.max_input_tokens
-    return limit
-
-
 def load_model(spec: ModelSpec) -> LoadedModel:
-    """The runner and the tokenizer, loaded side by side: on a 4B worker's start on the H200
-    the tokenizer took 7-10 s (transformers' tokenizer modules and a 151K-token vocabulary) and
-    the weights 3-4 s, whose reads and copies leave the interpreter free meanwhile."""
-    path, description = _describe(spec)
-    phases: dict[str, float] = {}
-    with ThreadPoolExecutor(1, thread_name_prefix="embedfleet-tokenizer") as pool:
-        encoding = pool.submit(_timed, phases, "tokenizer", _encoder, spec, path, description)
-        loaded = _load_runner(spec, path, description, phases, lambda: encoding.result().tokenizer)
-        front = encoding.result()
-    return LoadedModel(**{f.name: getattr(loaded, f.name) for f in fields(loaded)},
-                       encoder=front.encoder)  # fmt: skip
-
-
-def load_runner(spec: ModelSpec) -> LoadedRunner:
-    """The runner alone, for the engine's process: a Qwen3 worker's engine never loads the
-    tokenizer (the HTTP process has its own), which took it 7-10 s of a 4B worker's start on
-    the H200. A model run by transformers still reads its tokenizer, for its padding id."""
-    path, description = _describe(spec)
-    return _load_runner(spec, path, description, {}, lambda: _tokenizer(path))
-
-
-def _describe(spec: ModelSpec) -> tuple[Path, ModelDescription]:
     path = resolve_model_dir(
         spec.model, spec.revision, cache_dir=spec.cache_dir, offline=spec.offline
     )
-    return path, describe_model(path)
+    description = describe_model(path)
+    phases: dict[str, float] = {}
+    # The tokenizer loads beside CUDA's start and the weights: on a 4B worker's start on the
+    # H200 it took 7-10 s (transformers' tokenizer modules and a 151K-token vocabulary), the
+    # weights 3-4 s, and the weights' reads and copies leave the interpreter free meanwhile.
+    with ThreadPoolExecutor(1, thread_name_prefix="embedfleet-tokenizer") as pool:
+        encoding = pool.submit(_timed, phases, "tokenizer", _encoder, spec, path, description)
+        device = _timed(phases, "device", _start_device, spec)
+        dtype = resolve_dtype(spec.dtype, device)
+        if _uses_qwen3(spec, description):
+            from embedfleet_worker.model.runners.qwen3 import Qwen3Runner
 
-
-def _load_runner(
-    spec: ModelSpec,
-    path: Path,
-    description: ModelDescription,
-    phases: dict[str, float],
-    tokenizer: Callable[[], Any],
-) -> LoadedRunner:
-    limit = input_limit(spec, description)
-    device = _timed(phases, "device", _start_device, spec)
-    dtype = resolve_dtype(spec.dtype, device)
-    if _uses_qwen3(spec, description):
-        from embedfleet_worker.model.runners.qwen3 import Qwen3Runner
-
-        runner: EmbeddingRunner = _timed(
-            phases, "weights", Qwen3Runner.from_pretrained,
-            path, device=device, dtype=dtype, fused_norms=spec.fused_norms,
-        )  # fmt: skip
-    else:
-        runner = _timed(
-            phases, "weights", _transformers_runner, description, tokenizer(), device, dtype
-        )
-    return LoadedRunner(spec, description, runner, fingerprint(path), limit, phases)
+            runner: EmbeddingRunner = _timed(
+                phases, "weights", Qwen3Runner.from_pretrained,
+                path, device=device, dtype=dtype, fused_norms=spec.fused_norms,
+            )  # fmt: skip
+        else:
+            runner = _timed(
+                phases, "weights", _transformers_runner,
+                description, encoding.result().tokenizer, device, dtype,
+            )  # fmt: skip
+        front = encoding.result()
+    return LoadedModel(spec, description, runner, front.encoder, fingerprint(path), phases)
 
 
 def _timed(phases: dict[str, float], name: str, step: Callable[..., T], *args: Any,
