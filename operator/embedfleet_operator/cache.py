@@ -9,7 +9,7 @@ At 200 services the per-tick reads were most of the operator's CPU and a tick to
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import kopf
@@ -153,22 +153,20 @@ def register() -> None:
 
         kopf.index(group, version, plural, id=index, labels=ours)(index_one)
 
-    def index_activator_pods(body: kopf.Body, **_: Any) -> dict[Key, Manifest] | None:
-        service = body.metadata.labels.get(ACTIVATOR_LABEL)
-        if not service or body.metadata.namespace is None:
-            return None
-        return {(body.metadata.namespace, service): dict(body)}
+    def by_label(label: str) -> Callable[..., dict[Key, Manifest] | None]:
+        """Indexes an object under the service its `label` names."""
 
-    kopf.index("", "v1", "pods", id=ACTIVATOR_PODS, labels=ours)(index_activator_pods)
+        def index_one(body: kopf.Body, **_: Any) -> dict[Key, Manifest] | None:
+            service = body.metadata.labels.get(label)
+            if not service or body.metadata.namespace is None:
+                return None
+            return {(body.metadata.namespace, service): dict(body)}
 
-    def index_prefetch(body: kopf.Body, **_: Any) -> dict[Key, Manifest] | None:
-        service = body.metadata.labels.get(PREFETCH_LABEL)
-        if not service or body.metadata.namespace is None:
-            return None
-        return {(body.metadata.namespace, service): dict(body)}
+        return index_one
 
-    kopf.index("batch", "v1", "jobs", id=PREFETCH_JOBS, labels=ours)(index_prefetch)
-    kopf.index("", "v1", "pods", id=PREFETCH_PODS, labels=ours)(index_prefetch)
+    kopf.index("", "v1", "pods", id=ACTIVATOR_PODS, labels=ours)(by_label(ACTIVATOR_LABEL))
+    kopf.index("batch", "v1", "jobs", id=PREFETCH_JOBS, labels=ours)(by_label(PREFETCH_LABEL))
+    kopf.index("", "v1", "pods", id=PREFETCH_PODS, labels=ours)(by_label(PREFETCH_LABEL))
 
     # The EndpointSlice controller copies the Kubernetes Service's labels onto its slices.
     def index_slices(body: kopf.Body, **_: Any) -> dict[Key, Manifest] | None:
