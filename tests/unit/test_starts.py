@@ -13,7 +13,7 @@ from embedfleet_operator.activation import HoldLimits, retry_after, with_measure
 from embedfleet_operator.demand import activator_url
 from embedfleet_operator.spec import parse_service
 from embedfleet_operator.starts import StartHistory, pod_start_seconds, record_starts
-from embedfleet_worker.metrics import process_age_seconds
+from embedfleet_worker.process_age import process_age_seconds
 from tests.unit.operator_fakes import FakeCache, body, ready_pod
 
 Manifest = dict[str, Any]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +28,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from embedfleet_worker.http.connections import ConnectionTable
+from embedfleet_worker.process_age import process_age_seconds
 
 REQUESTS_TOTAL = "embedfleet_requests_total"
 INPUTS_TOTAL = "embedfleet_inputs_total"
@@ -185,19 +185,6 @@ class WorkerMetrics:
     def on_queue_depth(self, tokens: int, requests: int) -> None:
         self.queue_tokens.set(tokens)
         self.queue_requests.set(requests)
-
-
-def process_age_seconds() -> float | None:
-    """Seconds since this process started, from the kernel's own start time (/proc, Linux),
-    so the interpreter's start and imports count; None where /proc has no such record."""
-    try:
-        with open("/proc/self/stat", encoding="ascii") as stat:
-            # Fields after the command name (which may hold spaces): starttime is the 20th.
-            started_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-    since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)
-    return max(0.0, since_boot - started_ticks / os.sysconf("SC_CLK_TCK"))
 
 
 # (name, help) of the connection series: one process's table, or every process's (multiprocess).

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import queue
 import signal
 import socket
@@ -19,7 +18,6 @@ import sys
 import threading
 import time
 from functools import partial
-from pathlib import Path
 
 from embedfleet_worker.engine import wire
 from embedfleet_worker.engine.batching import largest_batch
@@ -29,6 +27,7 @@ from embedfleet_worker.engine.launch import SERVE_FLAGS
 from embedfleet_worker.engine.options import EmbedOptions
 from embedfleet_worker.logs import configure_logging
 from embedfleet_worker.model.loader import LoadedModel, ModelSpec, load_model, model_spec
+from embedfleet_worker.process_age import process_age_seconds
 from embedfleet_worker.settings import parse_settings
 
 log = logging.getLogger("embedfleet.worker")
@@ -49,7 +48,9 @@ def main() -> None:
     if flags < len(args):
         settings = parse_settings(args[flags + 1 :])
         configure_logging(settings.log_level)
-        log.info("engine process started", extra={"imports_seconds": _since_process_start()})
+        age = process_age_seconds()
+        imported = None if age is None else round(age, 2)
+        log.info("engine process started", extra={"imports_seconds": imported})
         spec, config = model_spec(settings), EngineConfig.from_settings(settings)
         run_engine(socks, spec, config, settings.log_level, settings.drain_timeout_seconds)
         return
@@ -58,16 +59,6 @@ def main() -> None:
         sys.exit(2)  # the HTTP process went before it said what to load
     _, spec, config, log_level, stop_timeout = start[0]
     run_engine(socks, spec, config, log_level, stop_timeout)
-
-
-def _since_process_start() -> float | None:
-    """Seconds since this process started (Linux), for the start-up timeline in the log."""
-    try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    return round(uptime - ticks / os.sysconf("SC_CLK_TCK"), 2)
 
 
 class _Link:
