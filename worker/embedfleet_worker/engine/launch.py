@@ -57,8 +57,9 @@ def spawn_engine(
     """`python -m embedfleet_worker.engine.process FD [FD ...] [--serve FLAGS]`, holding the
     engine's ends of the socket pairs, with this interpreter's import path (the worker may run
     from a checkout, not installed). A fresh interpreter, not a fork: CUDA cannot run in a
-    forked child. With serve flags the engine loads at once; without, it waits for the main
-    API process to say what to load."""
+    forked child. Started directly rather than by multiprocessing, whose resource-tracker
+    process would outlive the worker for a moment after every exit. With serve flags the
+    engine loads at once; without, it waits for the main API process to say what to load."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     fds = [sock.fileno() for sock in socks]
     flags = [] if serve_argv is None else [SERVE_FLAGS, *serve_argv]

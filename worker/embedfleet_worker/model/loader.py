@@ -116,10 +116,14 @@ class LoadedEncoder:
 
 def load_encoder(spec: ModelSpec) -> LoadedEncoder:
     """Resolves the model (downloading a hub id unless offline) and builds its input encoder."""
+    return _encoder(spec, *_describe(spec))
+
+
+def _describe(spec: ModelSpec) -> tuple[Path, ModelDescription]:
     path = resolve_model_dir(
         spec.model, spec.revision, cache_dir=spec.cache_dir, offline=spec.offline
     )
-    return _encoder(spec, path, describe_model(path))
+    return path, describe_model(path)
 
 
 def _encoder(spec: ModelSpec, path: Path, description: ModelDescription) -> LoadedEncoder:
@@ -144,10 +148,7 @@ def _encoder(spec: ModelSpec, path: Path, description: ModelDescription) -> Load
 
 
 def load_model(spec: ModelSpec) -> LoadedModel:
-    path = resolve_model_dir(
-        spec.model, spec.revision, cache_dir=spec.cache_dir, offline=spec.offline
-    )
-    description = describe_model(path)
+    path, description = _describe(spec)
     phases: dict[str, float] = {}
     # The tokenizer loads beside CUDA's start and the weights: on a 4B worker's start on the
     # H200 it took 7-10 s (transformers' tokenizer modules and a 151K-token vocabulary), the
