@@ -12,6 +12,8 @@ from typing import Any, cast
 import torch
 from safetensors import safe_open
 
+from embedfleet_worker.model.safetensors_reads import read_tensors
+
 
 @dataclass(frozen=True)
 class Qwen3Shape:
@@ -112,7 +114,7 @@ def load_weights(
         by_file.setdefault(files[source[name]], []).append(name)
     weights: dict[str, torch.Tensor] = {}
     for path, file_names in by_file.items():
-        with safe_open(str(path), framework="pt", device=str(device)) as handle:
-            for name in file_names:
-                weights[name] = handle.get_tensor(source[name]).to(dtype)
+        read = read_tensors(path, [source[name] for name in file_names], device)
+        for name in file_names:
+            weights[name] = read.pop(source[name]).to(dtype)  # a copy only if dtypes differ
     return weights
