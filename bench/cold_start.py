@@ -19,16 +19,19 @@ import os
 import shutil
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from bench._server import running_worker
 
 
 def compile_cache_env(folder: Path) -> dict[str, str]:
-    """torch.compile's and Triton's on-disk caches in `folder` (the worker's own variables)."""
+    """torch.compile's, Triton's and the tokenizer's on-disk caches in `folder`, as the
+    operator sets them on the model cache volume."""
     return {
         "TORCHINDUCTOR_CACHE_DIR": str(folder / "inductor"),
         "TRITON_CACHE_DIR": str(folder / "triton"),
+        "EMBEDFLEET_TOKENIZER_CACHE_DIR": str(folder / "tokenizers"),
     }
 
 
@@ -44,15 +47,45 @@ def _phases(log: Path, started: float) -> dict[str, object]:
             continue
         if not isinstance(record, dict):
             continue
-        for key in ("phases", "load_seconds", "imports_seconds"):
+        for key in ("load_seconds", "imports_seconds", "prepared_seconds"):
             if key in record:
                 found[key] = record[key]
+        if isinstance(record.get("phases"), dict):  # "model loaded", then "model prepared"
+            found["phases"] = {**found.get("phases", {}), **record["phases"]}  # type: ignore[dict-item]
         stamp = record.get("ts")
         if isinstance(stamp, str):
             when = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
             timeline.append((str(record.get("msg")), round(when - started, 2)))
     found["timeline"] = timeline
     return found
+
+
+PREPARED_TIMEOUT_SECONDS = 300
+
+
+def _query_ms(url: str, count: int = 10) -> list[float]:
+    """Milliseconds of `count` single short queries, one after another."""
+    body = json.dumps({"input": "what is the capital of france?"}).encode()
+    times = []
+    for _ in range(count):
+        request = urllib.request.Request(
+            url + "/v1/embeddings", body, {"Content-Type": "application/json"}
+        )
+        sent = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=60) as response:
+            response.read()
+        times.append(round(1000 * (time.perf_counter() - sent), 1))
+    return times
+
+
+def _wait_for_line(log: Path, message: str, timeout: float) -> float | None:
+    """Waits until the log has a record with this message; None after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if f'"msg":"{message}"' in log.read_text(errors="replace"):  # one JSON object a line
+            return time.monotonic()
+        time.sleep(0.1)
+    return None
 
 
 def main() -> None:
@@ -82,9 +115,22 @@ def main() -> None:
             env["PYTHONPATH"] = f"{args.worker_path}{os.pathsep}{os.getcwd()}"
         started, wall = time.monotonic(), time.time()
         with running_worker(["--model", str(args.model_dir), "--log-level", "info"], log,
-                            env=env):  # fmt: skip
+                            env=env) as server:  # fmt: skip
             ready = time.monotonic() - started
-        result = {"run": run + 1, "ready_seconds": round(ready, 2), **_phases(log, wall)}
+            # Single queries the moment it is Ready (preparing beside them), then once it has
+            # prepared: what a request pays for a start without the wait.
+            at_ready = _query_ms(server.url)
+            prepared = _wait_for_line(log, "model prepared", PREPARED_TIMEOUT_SECONDS)
+            prepared_at = None if prepared is None else round(time.monotonic() - started, 2)
+            after = _query_ms(server.url)
+        result = {
+            "run": run + 1,
+            "ready_seconds": round(ready, 2),
+            "prepared_seen_seconds": prepared_at,
+            "query_ms_at_ready": at_ready,
+            "query_ms_prepared": after,
+            **_phases(log, wall),
+        }
         results.append(result)
         print(json.dumps(result), flush=True)
     if args.json is not None:

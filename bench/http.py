@@ -355,7 +355,9 @@ def main() -> int:
         folder = write_model_folder(args.model_dir or workdir / args.model, args.model, tokenizer)
         serve = ["--model", str(folder), "--dtype", "bfloat16"]
         model_name = folder.name
-    env = {}
+    # Steady state: the worker is measured fully prepared (compiled kernels, CUDA graphs), as
+    # it is seconds after Ready. By variable, not flag: an older --server-path ignores it.
+    env = {"EMBEDFLEET_PREPARE_BEFORE_READY": "1"}
     if args.server_path:  # first on the path; the rest (carried packages) stays
         env["PYTHONPATH"] = os.pathsep.join(
             [str(args.server_path), os.environ.get("PYTHONPATH", "")]

@@ -96,6 +96,9 @@ def worker_environment(spec: EmbeddingServiceSpec) -> list[Manifest]:
         # once (4B on an H200: compilation 14.2 s cold, 5.6-6.0 s warm; BENCHMARKS.md).
         "TORCHINDUCTOR_CACHE_DIR": f"{MODEL_CACHE_PATH}/.compile-cache/inductor",
         "TRITON_CACHE_DIR": f"{MODEL_CACHE_PATH}/.compile-cache/triton",
+        # The tokenizer as built, beside them: transformers' import and tokenizer build were
+        # most of a 4B worker's 12-14 s start once its weights loaded in under a second.
+        "EMBEDFLEET_TOKENIZER_CACHE_DIR": f"{MODEL_CACHE_PATH}/.compile-cache/tokenizers",
     }
     if spec.api_key_secret_ref is not None:
         values["EMBEDFLEET_API_KEY_FILE"] = f"{API_KEY_DIR}/{spec.api_key_secret_ref.key}"

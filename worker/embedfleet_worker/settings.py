@@ -96,11 +96,26 @@ class WorkerSettings:
         default=None, metadata=serve_flag("hub cache (e.g. /models)", type=Path)
     )
     offline: bool = field(default=False, metadata=serve_flag("never contact the hub"))
+    tokenizer_cache_dir: Path | None = field(
+        default=None,
+        metadata=serve_flag(
+            "keep the built tokenizer here for later starts (seconds faster; the operator "
+            "puts it on the model cache volume)",
+            type=Path,
+        ),
+    )
     fused_norms: bool = field(
         default=False,
         metadata=serve_flag(
             "Qwen3 on CUDA: fuse RMSNorm's reduction too (faster; min cosine vs "
             "transformers bf16 0.99897 instead of 0.99903 on 4B, see BENCHMARKS.md)"
+        ),
+    )
+    prepare_before_ready: bool = field(
+        default=False,
+        metadata=serve_flag(
+            "compile kernels and capture CUDA graphs before Ready, not after it between "
+            "batches (a 4B worker's start on an H200: about 25 s instead of 10)"
         ),
     )
     drain_timeout_seconds: float = field(default=30.0, metadata=serve_flag(type=float))

@@ -11,6 +11,7 @@ import itertools
 import logging
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 
 from embedfleet_worker.engine import wire
@@ -75,7 +76,10 @@ class EngineClient:
         also serves one connection for each of the others: their ends are in
         `spare_sockets`."""
         try:
+            started = time.perf_counter()
             front = await asyncio.to_thread(load_encoder, spec)
+            seconds = round(time.perf_counter() - started, 2)
+            log.info("tokenizer loaded", extra={"tokenizer_seconds": seconds})
         except BaseException:
             if launched is not None:  # it would load a model nobody can use
                 launched.process.kill()

@@ -28,6 +28,7 @@ from embedfleet_worker.engine.errors import (
 )
 from embedfleet_worker.engine.options import EmbedOptions
 from embedfleet_worker.engine.pooling import finalize_rows
+from embedfleet_worker.engine.preparation import IDLE_POLL_SECONDS, Preparation
 from embedfleet_worker.engine.scheduler import ScheduledRequest, Scheduler, SchedulerLimits
 from embedfleet_worker.engine.tokenization import Input, InputEncoder, RequestEncoder
 from embedfleet_worker.model.runners.base import EmbeddingRunner, SteppedRunner
@@ -61,6 +62,7 @@ class EngineConfig:
     interactive_tokens: int = 512
     interactive_batch_tokens: int = 2048
     tokenizer_threads: int = 2
+    prepare_before_ready: bool = WorkerSettings.prepare_before_ready
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> EngineConfig:
@@ -110,7 +112,7 @@ class EmbeddingEngine:
     def __init__(
         self,
         runner: EmbeddingRunner,
-        encoder: InputEncoder,
+        encoder: InputEncoder | None,
         config: EngineConfig | None = None,
         *,
         normalize_by_default: bool = True,
@@ -135,18 +137,25 @@ class EmbeddingEngine:
         self._ids = itertools.count()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._request_encoder = RequestEncoder(encoder, self.config.tokenizer_threads)
+        self._preparation: Preparation | None = None
+        # In-process use (`embed`) tokenises here; an engine process gets token ids only.
+        self._request_encoder = (
+            None if encoder is None else RequestEncoder(encoder, self.config.tokenizer_threads)
+        )
         self.busy_seconds = 0.0
         self.interleaved_batches = 0  # query batches run between a bulk batch's layers
 
     # ----------------------------------------------------------------------- lifecycle
-    def start(self, warm_up: Callable[[], None] | None = None) -> None:
+    def start(
+        self, warm_up: Callable[[], None] | None = None, preparation: Preparation | None = None
+    ) -> None:
         """Starts the compute thread. `warm_up` runs on it before any batch, and this returns
         once it has run, raising what it raised (the thread then ends): what it prepares that
         is kept per thread (cuDNN's attention plans, cuBLAS's handle) is then the compute
-        thread's own."""
+        thread's own. `preparation` then runs on it between batches (engine/preparation.py)."""
         if self._thread is not None:
             return
+        self._preparation = preparation
         warmed = threading.Event()
         failures: list[BaseException] = []
 
@@ -175,7 +184,8 @@ class EmbeddingEngine:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
-        self._request_encoder.close()
+        if self._request_encoder is not None:
+            self._request_encoder.close()
 
     @property
     def running(self) -> bool:
@@ -189,8 +199,8 @@ class EmbeddingEngine:
     # ----------------------------------------------------------------------- public API
     async def embed(self, inputs: Sequence[Input], options: EmbedOptions) -> EmbeddingResult:
         """Tokenises and embeds `inputs` in this process."""
-        if not self.running:
-            raise EngineUnavailableError("the engine is not running")
+        if not self.running or self._request_encoder is None:
+            raise EngineUnavailableError("the engine is not running or takes token ids only")
         options.validate(self.runner.hidden_size)
         sequences = await self._request_encoder.encode(inputs, options)
         loop = asyncio.get_running_loop()
@@ -243,10 +253,19 @@ class EmbeddingEngine:
             batch, queries_only = next_batch
             if batch:
                 self._execute(batch, stepped=not queries_only)
+            prep = self._preparation
+            if prep is not None and prep.due(time.perf_counter()):
+                prep.step()
 
     def _next_batch(self) -> tuple[list[tuple[_Request, int]], bool] | None:
-        """The next batch (waiting for one) and whether it holds queries only; None once
-        stopping with nothing queued."""
+        """The next batch (waiting for one, preparing the runner meanwhile) and whether it
+        holds queries only; None once stopping with nothing queued."""
+        while self._idle_with_preparation():
+            assert self._preparation is not None
+            if not self._preparation.step():  # only background work left: look again soon
+                with self._cond:
+                    if not self._scheduler.queue and not self._stopping:
+                        self._cond.wait(IDLE_POLL_SECONDS)
         with self._cond:
             scheduler = self._scheduler
             while not scheduler.queue and not self._stopping:
@@ -261,6 +280,11 @@ class EmbeddingEngine:
             stepped = isinstance(self.runner, SteppedRunner)
             queries_only = stepped and scheduler.has_interactive()
             return self._take(interactive_only=queries_only), queries_only
+
+    def _idle_with_preparation(self) -> bool:
+        with self._cond:
+            idle = not self._scheduler.queue and not self._stopping
+        return idle and self._preparation is not None and self._preparation.pending
 
     def _waiting_interactive_batch(self) -> list[tuple[_Request, int]]:
         """Queries that arrived while a bulk batch runs: taken between its layers."""

@@ -24,7 +24,7 @@ from embedfleet_worker.engine.batching import largest_batch
 from embedfleet_worker.engine.errors import EmbeddingError
 from embedfleet_worker.engine.executor import EmbeddingEngine, EmbeddingResult, EngineConfig, Ticket
 from embedfleet_worker.engine.launch import SERVE_FLAGS
-from embedfleet_worker.engine.options import EmbedOptions
+from embedfleet_worker.engine.preparation import Preparation
 from embedfleet_worker.logs import configure_logging
 from embedfleet_worker.model.loader import LoadedModel, ModelSpec, load_model, model_spec
 from embedfleet_worker.process_age import process_age_seconds
@@ -125,16 +125,21 @@ def _load(
 ) -> EmbeddingEngine | None:
     started = time.perf_counter()
     try:
-        loaded = load_model(spec)
+        loaded = load_model(spec, with_encoder=False)  # the HTTP process tokenises
         engine = EmbeddingEngine(
             loaded.runner,
-            loaded.encoder,
+            None,
             config,
             normalize_by_default=loaded.description.normalize_by_default,
             observer=observer,
         )
+        after_ready = None
+        if not config.prepare_before_ready:
+            after_ready = Preparation(
+                loaded.runner.preparation(), on_done=partial(_log_prepared, loaded)
+            )
         try:
-            engine.start(warm_up=partial(_warm_up, loaded, config))
+            engine.start(warm_up=partial(_warm_up, loaded, config), preparation=after_ready)
         except Exception:
             engine.stop(0)  # its tokeniser threads
             raise
@@ -154,22 +159,41 @@ def _load(
     return engine
 
 
+# Any model's vocabulary has these ids; what they mean does not matter to a warm-up pass.
+WARM_UP_TOKENS = (1, 2, 3, 4, 5, 6, 7, 8)
+
+
 def _warm_up(loaded: LoadedModel, config: EngineConfig) -> None:
-    """Before Ready, on the compute thread: the runner's preparation, a first forward pass
-    (it allocates and autotunes) and, on a GPU, the largest batch (the allocator's memory)."""
-    loaded.runner.prepare()
-    warm = loaded.encoder.encode(["warm up"], EmbedOptions())[0]
-    loaded.runner.embed([warm])
-    # The total is the HTTP process's "model ready" load_seconds; here its parts: tokenizer,
-    # CUDA's start and the weights (load_model), compilation, attention plans and CUDA-graph
-    # capture (Qwen3 on a GPU), and the largest batch's memory.
-    phases = {**loaded.phases, **getattr(loaded.runner, "prepare_seconds", {})}
+    """Before Ready, on the compute thread: a first forward pass (it allocates and autotunes)
+    and, on a GPU, the largest batch (the allocator's memory). The runner's preparation
+    (compiled kernels, CUDA graphs) follows Ready, between batches, unless
+    `--prepare-before-ready` asks for it here."""
+    if config.prepare_before_ready:
+        loaded.runner.prepare()
+    loaded.runner.embed([list(WARM_UP_TOKENS)])
+    # The total is the HTTP process's "model ready" load_seconds; here its parts: tokenizer (a
+    # transformers runner's), CUDA's start and the weights (load_model), the largest batch.
+    phases = dict(loaded.phases)
     if loaded.runner.device.type == "cuda":
         started = time.perf_counter()
-        batch = largest_batch(config.max_batch_tokens, loaded.encoder.max_input_tokens, warm)
+        batch = largest_batch(config.max_batch_tokens, loaded.max_input_tokens, WARM_UP_TOKENS)
         loaded.runner.embed(batch)
         phases["largest_batch"] = round(time.perf_counter() - started, 2)
-    log.info("model prepared", extra={"phases": phases})
+    log.info("model loaded", extra={"phases": phases})
+    if config.prepare_before_ready:
+        _log_prepared(loaded)
+
+
+def _log_prepared(loaded: LoadedModel) -> None:
+    """Compilation, attention plans and CUDA-graph capture (Qwen3 on a GPU) have all run."""
+    age = process_age_seconds()
+    log.info(
+        "model prepared",
+        extra={
+            "phases": getattr(loaded.runner, "prepare_seconds", {}),
+            "prepared_seconds": None if age is None else round(age, 2),
+        },
+    )
 
 
 def _serve(link: _Link, engine: EmbeddingEngine) -> None:

@@ -101,7 +101,7 @@ class InputEncoder:
         default_instruction: str | None = None,
     ) -> None:
         self.tokenizer = tokenizer
-        self._rust = _rust_tokenizer(tokenizer)
+        self.rust = _rust_tokenizer(tokenizer)  # what encodes, when the tokenizer is fast
         self.template = template
         self.max_input_tokens = max_input_tokens
         self.vocab_size = vocab_size
@@ -142,14 +142,14 @@ class InputEncoder:
         return sequences
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
-        if self._rust is not None:  # the Rust tokenizer itself: no Python per call or token
+        if self.rust is not None:  # the Rust tokenizer itself: no Python per call or token
             if _is_small(texts):
                 # encode_batch hands even one text to its thread pool and blocks the caller
                 # (here: the event loop) until a pool thread has woken up and done it. But
                 # `encode` holds the GIL throughout (an 8K-token text: ~50 ms on the H200's
                 # host, stalling the event loop from a pool thread), so only small requests.
-                return [self._rust.encode(t, add_special_tokens=False).ids for t in texts]
-            return [e.ids for e in self._rust.encode_batch(texts, add_special_tokens=False)]
+                return [self.rust.encode(t, add_special_tokens=False).ids for t in texts]
+            return [e.ids for e in self.rust.encode_batch(texts, add_special_tokens=False)]
         ids: list[list[int]] = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return ids
 
@@ -198,11 +198,12 @@ def _is_small(inputs: Sequence[Input]) -> bool:
 
 
 def _rust_tokenizer(tokenizer: Any) -> Any | None:
-    """The fast tokenizer's Rust `tokenizers.Tokenizer`, set to neither truncate nor pad (a
-    model's tokenizer.json may ask for either; transformers resets that on every call, which
-    costs most of a short query's tokenisation time). None for a slow tokenizer."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or not hasattr(backend, "encode_batch"):
+    """The fast tokenizer's Rust `tokenizers.Tokenizer` (or a copy of one given as it is: see
+    model/tokenizer_cache.py), set to neither truncate nor pad (a model's tokenizer.json may
+    ask for either; transformers resets that on every call, which costs most of a short
+    query's tokenisation time). None for a slow tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    if backend is None or not hasattr(backend, "encode_batch") or not hasattr(backend, "to_str"):
         return None
     try:
         rust = backend.__class__.from_str(backend.to_str())  # a copy: the tokenizer's stays

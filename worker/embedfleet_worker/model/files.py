@@ -144,11 +144,7 @@ def fingerprint(path: Path) -> str:
     """sha256 over the descriptor files and, for each weight file, its name, size, header and
     three 1 MiB windows (start, middle, end): changes when any file is swapped or rewritten,
     yet costs milliseconds on 8 GB of weights."""
-    digest = hashlib.sha256()
-    for name in _DESCRIPTOR_FILES:
-        file = path / name
-        if file.is_file():
-            digest.update(name.encode() + b"\0" + file.read_bytes())
+    digest = descriptor_digest(path)
     weights = sorted(p for p in path.iterdir() if p.name.endswith(_WEIGHT_SUFFIXES))
     if not weights:
         raise ValueError(f"{path} holds no weight files (*.safetensors or *.bin)")
@@ -160,6 +156,16 @@ def fingerprint(path: Path) -> str:
                 handle.seek(offset)
                 digest.update(handle.read(_SAMPLE_BYTES))
     return "sha256:" + digest.hexdigest()[:32]
+
+
+def descriptor_digest(path: Path) -> hashlib._Hash:
+    """sha256 over the descriptor files (config, pooling, tokenizer), to be extended."""
+    digest = hashlib.sha256()
+    for name in _DESCRIPTOR_FILES:
+        file = path / name
+        if file.is_file():
+            digest.update(name.encode() + b"\0" + file.read_bytes())
+    return digest
 
 
 def _read_json(path: Path) -> Any:

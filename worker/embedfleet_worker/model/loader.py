@@ -12,6 +12,7 @@ from typing import Any, Literal, TypeVar
 import torch
 
 from embedfleet_worker.engine.tokenization import InputEncoder, probe_template
+from embedfleet_worker.model import tokenizer_cache
 from embedfleet_worker.model.files import (
     ModelDescription,
     describe_model,
@@ -42,6 +43,7 @@ class ModelSpec:
     cache_dir: Path | None = None  # hub cache (the model cache volume in a pod)
     offline: bool = False  # only the cache, never the network
     fused_norms: bool = False  # Qwen3 on CUDA: faster, see runners/qwen3_ops.LayerOps
+    tokenizer_cache_dir: Path | None = None  # see model/tokenizer_cache.py
 
 
 def default_model_dir() -> Path:
@@ -68,6 +70,7 @@ def model_spec(settings: WorkerSettings) -> ModelSpec:
         cache_dir=settings.model_cache_dir,
         offline=settings.offline,
         fused_norms=settings.fused_norms,
+        tokenizer_cache_dir=settings.tokenizer_cache_dir,
     )
 
 
@@ -76,8 +79,9 @@ class LoadedModel:
     spec: ModelSpec
     description: ModelDescription
     runner: EmbeddingRunner
-    encoder: InputEncoder
+    encoder: InputEncoder | None  # None when loaded without (an engine process: token ids only)
     fingerprint: str
+    max_input_tokens: int
     # Seconds of each loading step (tokenizer, CUDA's start, reading and placing the weights),
     # for the engine's start-up log.
     phases: dict[str, float] = field(default_factory=dict)
@@ -115,8 +119,9 @@ class LoadedEncoder:
 
 
 def load_encoder(spec: ModelSpec) -> LoadedEncoder:
-    """Resolves the model (downloading a hub id unless offline) and builds its input encoder."""
-    return _encoder(spec, *_describe(spec))
+    """Resolves the model (downloading a hub id unless offline) and builds its input encoder,
+    from the tokenizer cache if the spec names one and it holds this tokenizer."""
+    return _encoder(spec, *_describe(spec), cached=True)
 
 
 def _describe(spec: ModelSpec) -> tuple[Path, ModelDescription]:
@@ -126,38 +131,65 @@ def _describe(spec: ModelSpec) -> tuple[Path, ModelDescription]:
     return path, describe_model(path)
 
 
-def _encoder(spec: ModelSpec, path: Path, description: ModelDescription) -> LoadedEncoder:
-    from transformers import AutoTokenizer
+def _encoder(
+    spec: ModelSpec, path: Path, description: ModelDescription, *, cached: bool = False
+) -> LoadedEncoder:
+    """`cached`: the tokenizer may come from (and goes to) the tokenizer cache; a cached one is
+    a bare Rust tokenizer, without transformers' attributes (the engine's transformers runner
+    reads the padding id off the real one)."""
+    max_tokens = input_limit(spec, description)
+    folder = spec.tokenizer_cache_dir if cached else None
+    key = None if folder is None else tokenizer_cache.cache_key(path, description.pooling)
+    found = None if folder is None or key is None else tokenizer_cache.load(folder, key)
+    if found is not None:
+        tokenizer, template = found
+    else:
+        from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        str(path), trust_remote_code=False, local_files_only=True
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(path), trust_remote_code=False, local_files_only=True
+        )
+        template = probe_template(tokenizer, description.pooling)
+    encoder = InputEncoder(
+        tokenizer,
+        template,
+        max_input_tokens=max_tokens,
+        vocab_size=description.vocab_size,
+        default_instruction=spec.default_instruction,
     )
+    if found is None and folder is not None and key is not None and encoder.rust is not None:
+        tokenizer_cache.store(folder, key, encoder.rust, template)
+    return LoadedEncoder(path, description, tokenizer, encoder)
+
+
+def input_limit(spec: ModelSpec, description: ModelDescription) -> int:
+    """The most tokens an input may have: the model's context, or less if the spec says."""
     max_tokens = description.max_input_tokens
     if spec.max_input_tokens is not None:
         if not 1 < spec.max_input_tokens <= max_tokens:
             raise ValueError(f"max_input_tokens must be in 2..{max_tokens} for this model")
         max_tokens = spec.max_input_tokens
-    encoder = InputEncoder(
-        tokenizer,
-        probe_template(tokenizer, description.pooling),
-        max_input_tokens=max_tokens,
-        vocab_size=description.vocab_size,
-        default_instruction=spec.default_instruction,
-    )
-    return LoadedEncoder(path, description, tokenizer, encoder)
+    return max_tokens
 
 
-def load_model(spec: ModelSpec) -> LoadedModel:
+def load_model(spec: ModelSpec, *, with_encoder: bool = True) -> LoadedModel:
+    """The runner, and the input encoder unless `with_encoder` is False: an engine process
+    gets token ids from its HTTP process, and on a 4B worker's start on the H200 loading a
+    tokenizer there took 7-10 s (transformers' tokenizer modules and a 151K-token vocabulary),
+    holding the interpreter the weights' loading needs. A transformers runner still reads its
+    tokenizer (for the padding id); its models are small."""
     path, description = _describe(spec)
     phases: dict[str, float] = {}
-    # The tokenizer loads beside CUDA's start and the weights: on a 4B worker's start on the
-    # H200 it took 7-10 s (transformers' tokenizer modules and a 151K-token vocabulary), the
-    # weights 3-4 s, and the weights' reads and copies leave the interpreter free meanwhile.
+    qwen3 = _uses_qwen3(spec, description)
     with ThreadPoolExecutor(1, thread_name_prefix="embedfleet-tokenizer") as pool:
-        encoding = pool.submit(_timed, phases, "tokenizer", _encoder, spec, path, description)
+        encoding = (
+            pool.submit(_timed, phases, "tokenizer", _encoder, spec, path, description)
+            if with_encoder or not qwen3
+            else None
+        )
         device = _timed(phases, "device", _start_device, spec)
         dtype = resolve_dtype(spec.dtype, device)
-        if _uses_qwen3(spec, description):
+        if qwen3:
             from embedfleet_worker.model.runners.qwen3 import Qwen3Runner
 
             runner: EmbeddingRunner = _timed(
@@ -165,12 +197,14 @@ def load_model(spec: ModelSpec) -> LoadedModel:
                 path, device=device, dtype=dtype, fused_norms=spec.fused_norms,
             )  # fmt: skip
         else:
+            assert encoding is not None
             runner = _timed(
                 phases, "weights", _transformers_runner,
                 description, encoding.result().tokenizer, device, dtype,
             )  # fmt: skip
-        front = encoding.result()
-    return LoadedModel(spec, description, runner, front.encoder, fingerprint(path), phases)
+        encoder = None if encoding is None else encoding.result().encoder
+    limit = input_limit(spec, description)
+    return LoadedModel(spec, description, runner, encoder, fingerprint(path), limit, phases)
 
 
 def _timed(phases: dict[str, float], name: str, step: Callable[..., T], *args: Any,

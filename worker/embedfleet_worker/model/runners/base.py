@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -23,9 +23,15 @@ class EmbeddingRunner(Protocol):
         """[N, hidden_size] float32 pooled vectors, not normalised, in input order."""
         ...
 
+    def preparation(self) -> Iterator[bool]:
+        """What makes requests faster once built (compilation, kernel plans, CUDA graphs), in
+        short steps for the thread that runs the requests (some of it is kept per thread),
+        between its batches: each step yields True, or False while only background work
+        remains. The runner serves correctly, if slower, before and during it."""
+        ...
+
     def prepare(self) -> None:
-        """Whatever the first request must not pay for (compilation, kernel plans, CUDA
-        graphs), done on the thread that will run the requests: some of it is per thread."""
+        """All of `preparation` at once, on this thread."""
         ...
 
 

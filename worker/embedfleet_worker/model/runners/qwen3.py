@@ -9,9 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import threading
-import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -55,7 +53,7 @@ def padded_length(length: int) -> int:
     return -(-length // LONG_SEQUENCE_STEP) * LONG_SEQUENCE_STEP
 
 
-def _preferred_sdpa_backends(device: torch.device) -> contextlib.AbstractContextManager[None]:
+def preferred_sdpa_backends(device: torch.device) -> contextlib.AbstractContextManager[None]:
     """On a GPU, cuDNN attention first: 15 ms against 25 ms for FlashAttention-2 on a causal
     32K-token sequence on an H100 (bench/profile_qwen3.py)."""
     if device.type != "cuda":
@@ -156,8 +154,10 @@ class Qwen3Runner:
             and torch.backends.cuda.is_flash_attention_available()
             else "sdpa"
         )
-        compiled = compile_available(device) if compile_ops is None else compile_ops
-        self.ops = LayerOps(compiled=compiled, fused_norms=fused_norms)
+        # Eager until preparation() has compiled the fused kernels (on CPU: always eager).
+        self.compile_wanted = compile_available(device) if compile_ops is None else compile_ops
+        self.fused_norms = fused_norms
+        self.ops = LayerOps(compiled=False)
         self.embed_tokens = weights.pop("embed_tokens.weight")
         self.final_norm = weights.pop("norm.weight")
         self.layers = [self._layer(weights, f"layers.{i}.") for i in range(shape.num_layers)]
@@ -169,9 +169,9 @@ class Qwen3Runner:
             )
         )
         self.scale = 1.0 / math.sqrt(shape.head_dim)
-        self.graphs: Any = None  # SmallBatchGraphs once prepare() captured them
-        self.prepare_seconds: dict[str, float] = {}  # start-up phases, for the engine's log
-        self._planned_threads: set[int] = set()  # threads whose attention plans are built
+        self.graphs: Any = None  # SmallBatchGraphs once preparation() has begun capturing
+        self.prepare_seconds: dict[str, float] = {}  # preparation's phases, for the log
+        self.planned_threads: set[int] = set()  # threads whose attention plans are built
 
     @classmethod
     def from_pretrained(
@@ -187,60 +187,23 @@ class Qwen3Runner:
             weights = load_weights(model_dir, weight_names(shape), device, dtype)
             return cls(shape, weights, device=device, dtype=dtype, fused_norms=fused_norms)
 
+    def preparation(self) -> Iterator[bool]:
+        """Compiling the fused kernels, the long inputs' attention plans and CUDA graphs for
+        small batches (CUDA only), in short steps the engine runs after Ready: see
+        qwen3_preparation. Until then the runner serves eagerly.
+
+        Run the steps on the thread that runs the requests. cuDNN's attention plans are kept
+        per thread: plans built on a loading thread left a fresh worker's first 8K, 12K and
+        16K inputs 60-80 ms slower than the next ones of their length (H200)."""
+        from embedfleet_worker.model.runners.qwen3_preparation import preparation_steps
+
+        return preparation_steps(self)
+
     def prepare(self) -> None:
-        """Compiles the fused kernels, builds the long inputs' attention plans and captures
-        CUDA graphs for small batches (CUDA only): the first request must not pay for any.
+        """All of `preparation` at once, on this thread."""
+        from embedfleet_worker.model.runners.qwen3_preparation import prepare_fully
 
-        Call it on the thread that runs the requests. cuDNN's attention plans are kept per
-        thread: plans built on a loading thread left a fresh worker's first 8K, 12K and 16K
-        inputs 60-80 ms slower than the next ones of their length (H200). Called again on
-        another thread, it builds only that thread's plans."""
-        if self.device.type != "cuda":
-            return
-        from embedfleet_worker.model.runners.qwen3_graphs import SmallBatchGraphs
-
-        phase = time.perf_counter()
-
-        def took(name: str) -> None:
-            nonlocal phase
-            now = time.perf_counter()
-            self.prepare_seconds[name] = round(now - phase, 2)
-            phase = now
-
-        with torch.inference_mode():
-            if self.graphs is None:
-                self.embed([[1] * 300, [2] * 20])  # compiles the dynamic-shape kernels once
-                took("compile")
-                # The long-sequence path (per-sequence SDPA) has its own layouts, so its first
-                # use recompiled (1.3 s for a fresh worker's first 8K input): pay it here.
-                self.embed([[3] * LONG_SEQUENCE])
-                took("compile_long")
-            if threading.get_ident() not in self._planned_threads:
-                self._build_long_attention_plans()
-                self._planned_threads.add(threading.get_ident())
-                took("attention_plans")
-            if self.graphs is None:
-                self.graphs = SmallBatchGraphs(self)
-                took("cuda_graphs")
-                for part, seconds in self.graphs.seconds.items():
-                    self.prepare_seconds[f"cuda_graphs_{part}"] = seconds
-
-    def _build_long_attention_plans(self) -> None:
-        """One attention call per padded long length up to max_positions (about 1.5 s for
-        Qwen3's 40,960), so no request pays for building cuDNN's plan for its length."""
-        s = self.shape
-        for padded in range(LONG_SEQUENCE, padded_length(s.max_positions) + 1, LONG_SEQUENCE_STEP):
-            q = torch.zeros(
-                1, s.num_heads, padded, s.head_dim, device=self.device, dtype=self.dtype
-            )
-            kv = torch.zeros(
-                1, s.num_kv_heads, padded, s.head_dim, device=self.device, dtype=self.dtype
-            )
-            with _preferred_sdpa_backends(self.device):
-                F.scaled_dot_product_attention(
-                    q, kv, kv, is_causal=True, scale=self.scale, enable_gqa=True
-                )
-        torch.cuda.synchronize(self.device)
+        prepare_fully(self)
 
     def _layer(self, w: MutableMapping[str, torch.Tensor], p: str) -> _Layer:
         a = p + "self_attn."
@@ -377,7 +340,7 @@ class Qwen3Runner:
                 qs, ks, vs = (padded_heads(t[start:end], padded) for t in (q, k, v))
             else:
                 qs, ks, vs = (t[start:end].transpose(0, 1)[None] for t in (q, k, v))
-            with _preferred_sdpa_backends(q.device):
+            with preferred_sdpa_backends(q.device):
                 out = F.scaled_dot_product_attention(
                     qs, ks, vs, is_causal=True, scale=self.scale, enable_gqa=True
                 )

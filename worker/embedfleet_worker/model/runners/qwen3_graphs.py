@@ -112,41 +112,61 @@ class _Captured:
 
 
 class SmallBatchGraphs:
+    """The buckets' graphs, captured one at a time (`capture_next`) so a worker can serve
+    between captures: a batch whose bucket is not captured yet runs eagerly, as before any."""
+
     def __init__(self, runner: Qwen3Runner, buckets: Sequence[Bucket] = BUCKETS) -> None:
         self.runner = runner
         self.buckets = sorted(buckets, key=lambda b: (b.tokens, b.slots))
         self.captured = [_Captured(bucket, runner.device) for bucket in self.buckets]
-        pool = torch.cuda.graph_pool_handle()
+        self._pool = torch.cuda.graph_pool_handle()
+        # Single queries and small batches first: the commonest requests gain soonest. Then
+        # the query batches largest first (as vLLM captures): each smaller graph reuses the
+        # pool's blocks rather than growing it. Sharing is safe in any replay order because
+        # every output is cloned right after its replay, and the static inputs live outside
+        # the pool.
+        small = [c for c in self.captured if c.bucket.tokens <= 512]
+        self._to_capture = [*small, *reversed([c for c in self.captured if c not in small])]
         # Where the capture's time goes, for the engine's start-up log: the eager warm-up
         # pass per bucket, the capture itself, and the first replays (each uploads its graph).
         self.seconds = {"warm_up": 0.0, "capture": 0.0, "upload": 0.0}
-        # Largest first (as vLLM captures): each smaller graph then reuses the pool's blocks
-        # rather than growing it. Sharing is safe in any replay order because every output is
-        # cloned right after its replay, and the static inputs live outside the pool.
-        for captured in reversed(self.captured):
-            captured.fill([[0] * min(captured.bucket.tokens, captured.bucket.longest)])
-            started = time.perf_counter()
-            side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self._body(captured)  # warm-up outside the capture: kernels compiled, tuned
-            torch.cuda.current_stream().wait_stream(side)
-            torch.cuda.synchronize()
-            warmed = time.perf_counter()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                captured.output = self._body(captured)
-            captured.graph = graph
-            self.seconds["warm_up"] += warmed - started
-            self.seconds["capture"] += time.perf_counter() - warmed
-        # A graph's first replay uploads it to the device (tens of ms for 36 layers): do that
-        # here, not on a fresh worker's first query.
+
+    @property
+    def complete(self) -> bool:
+        return not self._to_capture
+
+    def capture_all(self) -> None:
+        while self.capture_next():
+            pass
+
+    def capture_next(self) -> bool:
+        """Captures the next bucket's graph (about 0.1 s for the 4B model on an H200); False
+        once every bucket has one."""
+        if not self._to_capture:
+            return False
+        captured = self._to_capture.pop(0)
+        captured.fill([[0] * min(captured.bucket.tokens, captured.bucket.longest)])
         started = time.perf_counter()
-        for captured in self.captured:
-            captured.graph.replay()
+        side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._body(captured)  # warm-up outside the capture: kernels compiled, tuned
+        torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
-        self.seconds["upload"] = time.perf_counter() - started
-        self.seconds = {name: round(value, 2) for name, value in self.seconds.items()}
+        warmed = time.perf_counter()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            output = self._body(captured)
+        captured_at = time.perf_counter()
+        # A graph's first replay uploads it to the device (tens of ms for 36 layers): done
+        # here, not on a request's replay.
+        graph.replay()
+        torch.cuda.synchronize()
+        captured.output, captured.graph = output, graph  # from now on batches may use it
+        self.seconds["warm_up"] += warmed - started
+        self.seconds["capture"] += captured_at - warmed
+        self.seconds["upload"] += time.perf_counter() - captured_at
+        return True
 
     def fits(self, lengths: Sequence[int]) -> bool:
         return self._bucket_for(lengths) is not None
@@ -160,9 +180,12 @@ class SmallBatchGraphs:
         return captured.output[: len(lengths)].clone()
 
     def _bucket_for(self, lengths: Sequence[int]) -> _Captured | None:
+        """The smallest bucket that holds the batch, if its graph is captured: a larger one
+        would compute its padding, and eager is what the batch gets once all are."""
         if not lengths:
             return None
-        return next((c for c in self.captured if c.bucket.holds(lengths)), None)
+        best = next((c for c in self.captured if c.bucket.holds(lengths)), None)
+        return best if best is not None and best.graph is not None else None
 
     def _body(self, captured: _Captured) -> torch.Tensor:
         b = captured.bucket

@@ -3,7 +3,7 @@ batches, pooled as the model's sentence-transformers configuration says."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +52,13 @@ class TransformersRunner:
         model.to(device).eval()
         return cls(model, pooling=pooling, pad_token_id=pad_token_id, device=device, dtype=dtype)
 
-    def prepare(self) -> None:
+    def preparation(self) -> Iterator[bool]:
         """Nothing to build ahead: transformers runs eagerly (the engine's warm-up pass still
         runs on the compute thread)."""
+        return iter(())
+
+    def prepare(self) -> None:
+        pass
 
     @torch.inference_mode()
     def embed(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
