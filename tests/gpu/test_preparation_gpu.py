@@ -45,7 +45,10 @@ def test_a_fresh_runner_serves_while_it_prepares() -> None:
     )  # fmt: skip
     prepared = threading.Event()
     engine = EmbeddingEngine(runner, encoder, EngineConfig(max_batch_tokens=16384))
-    engine.start(preparation=Preparation(runner.preparation(), on_done=prepared.set))
+    engine.start()
+    engine.prepare_between_batches(
+        Preparation(runner.preparation(), on_done=lambda _: prepared.set())
+    )
 
     async def one_round() -> tuple[list[torch.Tensor], float]:
         started = time.perf_counter()

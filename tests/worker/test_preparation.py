@@ -32,23 +32,23 @@ def steps(outcomes: list[bool | Exception], ran: list[str]) -> Iterator[bool]:
 
 
 @pytest.mark.parametrize(
-    ("outcomes", "returns", "done_calls"),
+    ("outcomes", "returns", "prepared"),
     [
-        ([], [False], 1),  # nothing to prepare: ends at the first step
-        ([True, True], [True, True, False], 1),
-        ([False, True], [False, True, False], 1),  # waiting on background work, then a step
-        ([True, RuntimeError("compile failed")], [True, False], 0),  # logged, not raised
+        ([], [False], True),  # nothing to prepare: ends at the first step
+        ([True, True], [True, True, False], True),
+        ([False, True], [False, True, False], True),  # waiting on background work, a step
+        ([True, RuntimeError("compile failed")], [True, False], False),  # logged, not raised
     ],
 )
 def test_steps_until_the_preparation_ends(
-    outcomes: list[bool | Exception], returns: list[bool], done_calls: int
+    outcomes: list[bool | Exception], returns: list[bool], prepared: bool
 ) -> None:
-    done: list[int] = []
-    prep = Preparation(steps(outcomes, []), on_done=lambda: done.append(1))
+    done: list[bool] = []
+    prep = Preparation(steps(outcomes, []), on_done=done.append)
     assert [prep.step() for _ in returns] == returns
     assert not prep.pending
     assert prep.step() is False  # ended: nothing more, on_done not called again
-    assert len(done) == done_calls
+    assert done == [prepared]
 
 
 def test_a_busy_engine_steps_once_per_interval() -> None:
@@ -84,7 +84,9 @@ def test_requests_are_served_between_the_steps_on_the_compute_thread(
             yield True
 
     engine = EmbeddingEngine(minilm.runner, minilm.encoder, EngineConfig())
-    engine.start(preparation=Preparation(slow_steps(), on_done=prepared.set))
+    engine.start()
+    time.sleep(0.2)  # idle, before it is given the preparation: it waits for work
+    engine.prepare_between_batches(Preparation(slow_steps(), on_done=lambda _: prepared.set()))
     try:
         time.sleep(0.25)  # a few steps in
         answered = threading.Event()
@@ -112,7 +114,8 @@ def test_an_engine_that_stops_mid_preparation_stops(minilm: LoadedModel) -> None
             yield True
 
     engine = EmbeddingEngine(minilm.runner, minilm.encoder, EngineConfig())
-    engine.start(preparation=Preparation(endless()))
+    engine.start()
+    engine.prepare_between_batches(Preparation(endless()))
     time.sleep(0.1)
     started = time.perf_counter()
     engine.stop(10)

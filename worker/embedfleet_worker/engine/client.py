@@ -194,6 +194,12 @@ class EngineClient:
         if messages and not self._writer.is_closing():
             self._writer.write(wire.frame(messages))
 
+    def start_preparing(self) -> None:
+        """Tells the engine the worker is Ready: it prepares its runner (compiled kernels,
+        CUDA graphs) between batches from now on. Only the engine's own API process asks."""
+        if self._process is not None and self._gone is None:
+            self._send(("prepare",))
+
     async def stop(self, drain_seconds: float) -> None:
         """Lets the engine finish what it holds (bounded by `drain_seconds`), then ends its
         process."""

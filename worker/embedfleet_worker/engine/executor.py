@@ -146,16 +146,13 @@ class EmbeddingEngine:
         self.interleaved_batches = 0  # query batches run between a bulk batch's layers
 
     # ----------------------------------------------------------------------- lifecycle
-    def start(
-        self, warm_up: Callable[[], None] | None = None, preparation: Preparation | None = None
-    ) -> None:
+    def start(self, warm_up: Callable[[], None] | None = None) -> None:
         """Starts the compute thread. `warm_up` runs on it before any batch, and this returns
         once it has run, raising what it raised (the thread then ends): what it prepares that
         is kept per thread (cuDNN's attention plans, cuBLAS's handle) is then the compute
-        thread's own. `preparation` then runs on it between batches (engine/preparation.py)."""
+        thread's own."""
         if self._thread is not None:
             return
-        self._preparation = preparation
         warmed = threading.Event()
         failures: list[BaseException] = []
 
@@ -176,6 +173,14 @@ class EmbeddingEngine:
         if failures:
             self._thread.join()
             raise failures[0]
+
+    def prepare_between_batches(self, preparation: Preparation) -> None:
+        """Runs `preparation` on the compute thread from now on, between batches
+        (engine/preparation.py); once only."""
+        with self._cond:
+            if self._preparation is None:
+                self._preparation = preparation
+                self._cond.notify()
 
     def stop(self, timeout: float | None = None) -> None:
         """Finishes what is queued, then stops the compute thread."""
@@ -260,15 +265,16 @@ class EmbeddingEngine:
     def _next_batch(self) -> tuple[list[tuple[_Request, int]], bool] | None:
         """The next batch (waiting for one, preparing the runner meanwhile) and whether it
         holds queries only; None once stopping with nothing queued."""
-        while self._idle_with_preparation():
-            assert self._preparation is not None
-            if not self._preparation.step():  # only background work left: look again soon
+        while (prep := self._idle_preparation()) is not None:
+            if not prep.step():  # only background work left: look again soon
                 with self._cond:
                     if not self._scheduler.queue and not self._stopping:
                         self._cond.wait(IDLE_POLL_SECONDS)
         with self._cond:
             scheduler = self._scheduler
             while not scheduler.queue and not self._stopping:
+                if self._preparation is not None and self._preparation.pending:
+                    return [], False  # given a preparation while waiting: run it
                 self._cond.wait()
             if scheduler.drop_abandoned():
                 self.observer.on_queue_depth(*scheduler.depth)
@@ -281,10 +287,11 @@ class EmbeddingEngine:
             queries_only = stepped and scheduler.has_interactive()
             return self._take(interactive_only=queries_only), queries_only
 
-    def _idle_with_preparation(self) -> bool:
+    def _idle_preparation(self) -> Preparation | None:
+        """The preparation, if it has steps left and nothing else is to be done."""
         with self._cond:
-            idle = not self._scheduler.queue and not self._stopping
-        return idle and self._preparation is not None and self._preparation.pending
+            prep, idle = self._preparation, not self._scheduler.queue and not self._stopping
+        return prep if idle and prep is not None and prep.pending else None
 
     def _waiting_interactive_batch(self) -> list[tuple[_Request, int]]:
         """Queries that arrived while a bulk batch runs: taken between its layers."""

@@ -21,12 +21,12 @@ IDLE_POLL_SECONDS = 0.05
 
 class Preparation:
     """Steps through `steps` until they end; a step that raises ends the preparation (the
-    runner keeps serving as it is) and is logged."""
+    runner keeps serving as it is) and is logged. `on_done(prepared)` is told either way."""
 
     def __init__(
         self,
         steps: Iterator[bool],
-        on_done: Callable[[], None] | None = None,
+        on_done: Callable[[bool], None] | None = None,
         busy_interval: float = BUSY_INTERVAL_SECONDS,
     ) -> None:
         self._steps: Iterator[bool] | None = steps
@@ -51,13 +51,13 @@ class Preparation:
         try:
             return next(self._steps)
         except StopIteration:
-            self._end()
-            if self._on_done is not None:
-                self._on_done()
+            self._end(True)
         except Exception as error:
-            self._end()
             log.warning("preparing the model failed; it serves unprepared", exc_info=error)
+            self._end(False)
         return False
 
-    def _end(self) -> None:
+    def _end(self, prepared: bool) -> None:
         self._steps = None
+        if self._on_done is not None:
+            self._on_done(prepared)

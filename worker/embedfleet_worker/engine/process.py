@@ -104,14 +104,15 @@ def run_engine(
         _Link(socks[0], main_outbox, observer),
         *(_Link(sock, queue.SimpleQueue(), None) for sock in socks[1:]),
     ]
-    engine = _load(spec, config, [link.outbox for link in links], observer)
-    if engine is not None:
+    loaded = _load(spec, config, [link.outbox for link in links], observer)
+    if loaded is not None:
+        engine, after_ready = loaded
         gc.freeze()  # the model and libraries: never walked by a full collection mid-batch
         for link in links[1:]:
             threading.Thread(
-                target=_serve, args=(link, engine), name="embedfleet-receive", daemon=True
+                target=_serve, args=(link, engine, None), name="embedfleet-receive", daemon=True
             ).start()
-        _serve(links[0], engine)  # until the main API process says stop or goes
+        _serve(links[0], engine, after_ready)  # until the main API process says stop or goes
         engine.stop(stop_timeout)
     for link in links:
         link.close()
@@ -122,7 +123,9 @@ def _load(
     config: EngineConfig,
     outboxes: list[Outbox],
     observer: _ForwardingObserver,
-) -> EmbeddingEngine | None:
+) -> tuple[EmbeddingEngine, Preparation | None] | None:
+    """The engine, started and warmed up, and what prepares its runner once Ready (None:
+    prepared already, `--prepare-before-ready`)."""
     started = time.perf_counter()
     try:
         loaded = load_model(spec, with_encoder=False)  # the HTTP process tokenises
@@ -139,7 +142,7 @@ def _load(
                 loaded.runner.preparation(), on_done=partial(_log_prepared, loaded)
             )
         try:
-            engine.start(warm_up=partial(_warm_up, loaded, config), preparation=after_ready)
+            engine.start(warm_up=partial(_warm_up, loaded, config))
         except Exception:
             engine.stop(0)  # its tokeniser threads
             raise
@@ -156,8 +159,11 @@ def _load(
     )
     for outbox in outboxes:
         outbox.put(("ready", info))
-    return engine
+    return engine, after_ready
 
+
+DEFAULT_SWITCH_INTERVAL = sys.getswitchinterval()
+PREPARING_SWITCH_INTERVAL = 0.001
 
 # Any model's vocabulary has these ids; what they mean does not matter to a warm-up pass.
 WARM_UP_TOKENS = (1, 2, 3, 4, 5, 6, 7, 8)
@@ -184,8 +190,12 @@ def _warm_up(loaded: LoadedModel, config: EngineConfig) -> None:
         _log_prepared(loaded)
 
 
-def _log_prepared(loaded: LoadedModel) -> None:
-    """Compilation, attention plans and CUDA-graph capture (Qwen3 on a GPU) have all run."""
+def _log_prepared(loaded: LoadedModel, prepared: bool = True) -> None:
+    """Compilation, attention plans and CUDA-graph capture (Qwen3 on a GPU) have all run (or
+    failed, logged by the preparation)."""
+    sys.setswitchinterval(DEFAULT_SWITCH_INTERVAL)
+    if not prepared:
+        return
     age = process_age_seconds()
     log.info(
         "model prepared",
@@ -196,8 +206,9 @@ def _log_prepared(loaded: LoadedModel) -> None:
     )
 
 
-def _serve(link: _Link, engine: EmbeddingEngine) -> None:
-    """Admits what one API process sends until it says stop or its socket closes."""
+def _serve(link: _Link, engine: EmbeddingEngine, after_ready: Preparation | None) -> None:
+    """Admits what one API process sends until it says stop or its socket closes; the main
+    one's "prepare" starts `after_ready`."""
     while True:
         messages = wire.receive_frame(link.sock)
         if messages is None:  # that API process is gone: nobody waits for what it queued
@@ -219,6 +230,11 @@ def _serve(link: _Link, engine: EmbeddingEngine) -> None:
                     ticket = link.tickets.pop(message[1], None)
                 if ticket is not None:
                     ticket.cancel()
+            elif message[0] == "prepare" and after_ready is not None:
+                # The compile thread and the compute thread share this process's interpreter:
+                # a shorter switch interval hands it to the compute thread sooner.
+                sys.setswitchinterval(PREPARING_SWITCH_INTERVAL)
+                engine.prepare_between_batches(after_ready)
             elif message[0] == "stop":
                 return
 

@@ -3,6 +3,7 @@ how: length-prefixed pickles (protocol 5, so vectors travel as raw float32 bytes
 list of messages (a sender coalesces what is waiting: fewer wake-ups on the other side).
 
 HTTP process to engine:   ("embed", id, sequences, options)  ("cancel", id)  ("stop",)
+                          ("prepare",)   (Ready: prepare the runner between batches now)
 Engine to HTTP process:   ("ready", EngineInfo)  ("failed", message)
                           ("result", id, EmbeddingResult)  ("error", id, WireError)
                           ("observe", hook, args)   (the EngineObserver hooks, for metrics)

@@ -157,6 +157,9 @@ class WorkerState:
         ).set(1)
         if self.engine_socket is None:  # the main API process: its start is the worker's
             self.metrics.on_ready(info.load_seconds)
+            # After the warm-up query, not before: compiling beside it slowed that one query
+            # to 3-4 s on the H200 (BENCHMARKS.md), all of it before Ready.
+            engine.start_preparing()
         self._ready.set()
         log.info(
             "model ready",
