@@ -34,36 +34,55 @@ from embedfleet_worker.model.runners.qwen3_ops import LayerOps
 log = logging.getLogger("embedfleet.worker")
 
 
-def preparation_steps(runner: Qwen3Runner) -> Iterator[bool]:
+def preparation_steps(runner: Qwen3Runner, *, serving: bool = True) -> Iterator[bool]:
     """Each `next` does one step of at most ~0.1 s on the calling thread and yields True, or
     yields False while only the compile thread has work (the caller may wait a little). Run
-    on another thread afterwards, it builds only that thread's attention plans."""
+    on another thread afterwards, it builds only that thread's attention plans.
+
+    `serving` (requests run between the steps): the CUDA graphs are captured first, of the
+    eager kernels, and again once the kernels have compiled. A graph's replay needs almost
+    none of the interpreter the compile thread shares, so queries keep their speed while it
+    compiles: eager queries then took 0.1-4.5 s (4B, H200; BENCHMARKS.md). Otherwise the
+    kernels compile first and the graphs are captured once."""
     if runner.device.type != "cuda":
         return
-
     phases = runner.prepare_seconds
-    wanted = runner.compile_wanted and not runner.ops.compiled
-    compiling = _compile_beside(runner) if wanted else None
     if threading.get_ident() not in runner.planned_threads:
         started = time.perf_counter()
-        for _ in _attention_plans(runner):  # while the kernels compile beside
+        for _ in _attention_plans(runner):
             yield True
         runner.planned_threads.add(threading.get_ident())
         phases["attention_plans"] = round(time.perf_counter() - started, 2)
-    if compiling is not None:
+    if serving and runner.graphs is None:
+        yield from _graph_steps(runner, "cuda_graphs_eager")
+    if runner.compile_wanted and not runner.ops.compiled:
+        compiling = _compile_beside(runner)
         while not compiling.done():
             yield False
         try:
             runner.ops = compiling.result()  # between batches: no batch mixes the two
         except Exception as error:  # eager is slower, never wrong: keep serving
             log.warning("compiling the fused kernels failed; they stay eager", exc_info=error)
+            if runner.graphs is not None:
+                return
+        yield from _graph_steps(runner, "cuda_graphs")
+    elif runner.graphs is None:
+        yield from _graph_steps(runner, "cuda_graphs")
+
+
+def _graph_steps(runner: Qwen3Runner, label: str) -> Iterator[bool]:
+    """Captures a set of graphs of the runner's current kernels, one bucket a step. A first
+    set serves each bucket once captured; a later one replaces (and frees) the set before it
+    once complete, which serves until then."""
+    with torch.inference_mode():
+        graphs = SmallBatchGraphs(runner)
     if runner.graphs is None:
-        with torch.inference_mode():
-            runner.graphs = SmallBatchGraphs(runner)
-    while _capture_next(runner.graphs):
+        runner.graphs = graphs
+    while _capture_next(graphs):
         yield True
-    for part, seconds in runner.graphs.seconds.items():
-        phases[f"cuda_graphs_{part}"] = round(seconds, 2)
+    runner.graphs = graphs
+    for part, seconds in graphs.seconds.items():
+        runner.prepare_seconds[f"{label}_{part}"] = round(seconds, 2)
 
 
 def _capture_next(graphs: SmallBatchGraphs) -> bool:
@@ -73,7 +92,7 @@ def _capture_next(graphs: SmallBatchGraphs) -> bool:
 
 def prepare_fully(runner: Qwen3Runner) -> None:
     """All of it now, on this thread (benchmarks, tests, `--prepare-before-ready`)."""
-    for worked in preparation_steps(runner):
+    for worked in preparation_steps(runner, serving=False):
         if not worked:
             time.sleep(0.01)
 
