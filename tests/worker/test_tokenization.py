@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from embedfleet_worker.engine.errors import InputTooLongError, InvalidInputError
-from embedfleet_worker.engine.options import EmbedOptions, InputType
+from embedfleet_worker.engine.options import EmbedOptions, InputType, TruncationSide
 from embedfleet_worker.engine.pooling import PoolingMode
 from embedfleet_worker.engine.tokenization import (
     InputEncoder,
@@ -130,6 +130,39 @@ def test_bert_template_keeps_cls_and_sep_through_truncation() -> None:
     assert (len(ids), ids[0], ids[-1]) == (8, 101, 102)
     full = tokenizer("one two three", add_special_tokens=True)["input_ids"]
     assert encoder.encode(["one two three"], EmbedOptions()) == [full]
+
+
+BERT_LIKE = SequenceTemplate((101,), (102,))
+QWEN_LIKE = SequenceTemplate((), (9,), terminator=9)
+
+
+@pytest.mark.parametrize(
+    ("content", "template", "max_tokens", "side", "keep_head", "expected"),
+    [
+        ([1, 2, 3, 4, 5], BERT_LIKE, 5, TruncationSide.RIGHT, 0, [101, 1, 2, 3, 102]),
+        ([1, 2, 3, 4, 5], BERT_LIKE, 5, TruncationSide.LEFT, 0, [101, 3, 4, 5, 102]),
+        # an instruction prompt (1, 2) stays whole; the end of the text after it
+        ([1, 2, 3, 4, 5, 6], BERT_LIKE, 6, TruncationSide.LEFT, 2, [101, 1, 2, 5, 6, 102]),
+        # a prompt longer than the room still leaves one token of the input
+        ([1, 2, 3, 4, 5, 6], BERT_LIKE, 4, TruncationSide.LEFT, 5, [101, 1, 6, 102]),
+        # the terminator stays last, once, whichever side is cut
+        ([1, 2, 3, 9], QWEN_LIKE, 3, TruncationSide.LEFT, 0, [2, 3, 9]),
+        ([1, 2, 3, 9], QWEN_LIKE, 3, TruncationSide.RIGHT, 0, [1, 2, 9]),
+        ([1, 2], QWEN_LIKE, 8, TruncationSide.LEFT, 0, [1, 2, 9]),  # short: nothing cut
+    ],
+)  # fmt: skip
+def test_apply_template_cuts_the_side_asked(
+    content: list[int],
+    template: SequenceTemplate,
+    max_tokens: int,
+    side: TruncationSide,
+    keep_head: int,
+    expected: list[int],
+) -> None:
+    got = apply_template(
+        content, template, max_tokens=max_tokens, truncate=True, side=side, keep_head=keep_head
+    )
+    assert got == expected
 
 
 def test_apply_template_refuses_a_budget_smaller_than_the_template() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -15,6 +16,11 @@ class InputType(StrEnum):
     DOCUMENT = "document"
 
 
+class TruncationSide(StrEnum):
+    RIGHT = "right"  # keep the start of the input
+    LEFT = "left"  # keep its end (an instruction prompt stays whole)
+
+
 @dataclass(frozen=True)
 class EmbedOptions:
     instruction: str | None = None
@@ -22,6 +28,8 @@ class EmbedOptions:
     normalize: bool | None = None  # None: the model's configured default
     dimensions: int | None = None  # Matryoshka truncation
     truncate: bool = True  # False: an over-long input is an error instead of being cut
+    max_tokens: int | None = None  # a cap below the model's, its template included
+    truncation_side: TruncationSide = TruncationSide.RIGHT
 
     def validate(self, hidden_size: int) -> None:
         if self.dimensions is not None and not (MIN_DIMENSIONS <= self.dimensions <= hidden_size):
@@ -35,6 +43,37 @@ class EmbedOptions:
                 "instruction applies to queries only; drop it or use input_type 'query'",
                 param="instruction",
             )
+
+
+def with_truncation(
+    options: EmbedOptions,
+    truncate: bool,
+    truncate_prompt_tokens: int | None,
+    truncation_side: str = TruncationSide.RIGHT,
+) -> EmbedOptions:
+    """`options` with a request's truncation fields: `truncate_prompt_tokens` as vLLM names it
+    (k: cut each input to k tokens, the model's template included; -1: to the model's
+    maximum; unset: to the maximum, and only if `truncate`), `truncation_side` which end goes."""
+    param = "truncate_prompt_tokens"
+    if truncate_prompt_tokens is not None:
+        if truncate_prompt_tokens == 0 or truncate_prompt_tokens < -1:
+            raise InvalidInputError(
+                f"{param} must be -1 (the model's maximum) or a positive number of tokens, "
+                f"got {truncate_prompt_tokens}",
+                param=param,
+            )
+        if not truncate:
+            raise InvalidInputError(
+                f"{param} asks to cut inputs, and truncate false forbids it: drop one of them",
+                param=param,
+            )
+    cap = None if truncate_prompt_tokens in (None, -1) else truncate_prompt_tokens
+    return dataclasses.replace(
+        options,
+        truncate=truncate,
+        max_tokens=cap,
+        truncation_side=TruncationSide(truncation_side),
+    )
 
 
 def query_text(instruction: str, text: str) -> str:

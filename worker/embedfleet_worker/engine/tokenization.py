@@ -11,7 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from embedfleet_worker.engine.errors import InputTooLongError, InvalidInputError
-from embedfleet_worker.engine.options import EmbedOptions, effective_instruction, query_text
+from embedfleet_worker.engine.options import (
+    EmbedOptions,
+    TruncationSide,
+    effective_instruction,
+    query_text,
+)
 from embedfleet_worker.engine.pooling import PoolingMode
 
 # Qwen3-Embedding's official tokenizer appends this token; last-token pooling reads it.
@@ -41,8 +46,12 @@ def apply_template(
     max_tokens: int,
     truncate: bool,
     index: int = 0,
+    side: TruncationSide = TruncationSide.RIGHT,
+    keep_head: int = 0,
 ) -> list[int]:
-    """prefix + content + suffix, cutting the content (never the template) to `max_tokens`."""
+    """prefix + content + suffix, cutting the content (never the template) to `max_tokens`:
+    its end (`side` right) or its start (left), where the first `keep_head` content tokens (an
+    instruction prompt) stay."""
     body = list(content)
     if template.terminator is not None:
         # A terminator the user (or a tokenizer's post-processor) already put at the end
@@ -59,7 +68,11 @@ def apply_template(
                 f"maximum of {max_tokens}; shorten it or allow truncation",
                 param="input",
             )
-        body = body[:room]
+        if side is TruncationSide.LEFT:
+            head = min(keep_head, room - 1)  # at least one token of the input itself
+            body = body[:head] + body[len(body) - (room - head) :]
+        else:
+            body = body[:room]
     return [*template.prefix, *body, *template.suffix]
 
 
@@ -113,35 +126,58 @@ class InputEncoder:
 
     def encode(self, inputs: Sequence[Input], options: EmbedOptions) -> list[list[int]]:
         """One token sequence per input, in order; raises InvalidInputError naming the input."""
+        limit = self.limit(options, self.template)
         texts: list[str] = []
         for index, item in enumerate(inputs):
             if isinstance(item, str):
                 if not item:
                     raise InvalidInputError(f"input {index} is an empty string", param="input")
                 texts.append(self.format_text(item, options))
-        encoded_texts = iter(self._tokenize(texts)) if texts else iter(())
+        encoded_texts = iter(self.tokenize(texts)) if texts else iter(())
+        instruction = effective_instruction(options, self.default_instruction)
+        prompt: list[int] = []
+        if instruction is not None and (
+            options.truncation_side is TruncationSide.LEFT or len(texts) < len(inputs)
+        ):
+            prompt = self.tokenize([query_text(instruction, "")])[0]
         sequences: list[list[int]] = []
         for index, item in enumerate(inputs):
             if isinstance(item, str):
                 content = next(encoded_texts)
+                # The prompt as the whole text's tokens begin (a merge across its end may
+                # shorten it): kept whole when the input's start is cut.
+                head = common_prefix(prompt, content)
             else:
-                content = self._check_token_ids(item, index)
-                instruction = effective_instruction(options, self.default_instruction)
-                if instruction is not None:
-                    prompt = self._tokenize([query_text(instruction, "")])[0]
-                    content = [*prompt, *content]
+                content = [*prompt, *self._check_token_ids(item, index)]
+                head = len(prompt)
             sequences.append(
                 apply_template(
                     content,
                     self.template,
-                    max_tokens=self.max_input_tokens,
+                    max_tokens=limit,
                     truncate=options.truncate,
                     index=index,
+                    side=options.truncation_side,
+                    keep_head=head,
                 )
             )
         return sequences
 
-    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+    def limit(self, options: EmbedOptions, template: SequenceTemplate) -> int:
+        """The most tokens an input may have for this request, `template` included."""
+        if options.max_tokens is None:
+            return self.max_input_tokens
+        least = template.overhead + 1
+        if not least <= options.max_tokens <= self.max_input_tokens:
+            raise InvalidInputError(
+                f"truncate_prompt_tokens must be between {least} and {self.max_input_tokens} "
+                f"for this model (its maximum), got {options.max_tokens}",
+                param="truncate_prompt_tokens",
+            )
+        return options.max_tokens
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Texts as token ids, no special tokens, nothing cut."""
         if self.rust is not None:  # the Rust tokenizer itself: no Python per call or token
             if _is_small(texts):
                 # encode_batch hands even one text to its thread pool and blocks the caller
@@ -166,6 +202,15 @@ class InputEncoder:
                     param="input",
                 )
         return list(ids)
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 _SEQUENTIAL_TEXTS = 8  # up to this many texts are tokenised one by one on the caller's thread
