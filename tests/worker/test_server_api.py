@@ -168,6 +168,20 @@ def post(
         ({"model": MODEL, "input": "x", "instruction": "q", "input_type": "document"}, 400,
          "invalid_input", "instruction"),
         ({"model": "gpt-4", "input": "x"}, 404, "model_not_found", "model"),
+        ({"model": MODEL, "input": "x", "truncate_prompt_tokens": 0}, 400, "invalid_input",
+         "truncate_prompt_tokens"),
+        ({"model": MODEL, "input": "x", "truncate_prompt_tokens": -2}, 400, "invalid_input",
+         "truncate_prompt_tokens"),
+        ({"model": MODEL, "input": "x", "truncate_prompt_tokens": 2}, 400, "invalid_input",
+         "truncate_prompt_tokens"),  # BERT's [CLS] and [SEP] leave no room
+        ({"model": MODEL, "input": "x", "truncate_prompt_tokens": 513}, 400, "invalid_input",
+         "truncate_prompt_tokens"),
+        ({"model": MODEL, "input": "x", "truncate_prompt_tokens": "8"}, 400, "invalid_request",
+         "truncate_prompt_tokens"),
+        ({"model": MODEL, "input": "x", "truncate_prompt_tokens": 8, "truncate": False}, 400,
+         "invalid_input", "truncate_prompt_tokens"),
+        ({"model": MODEL, "input": "x", "truncation_side": "middle"}, 400, "invalid_request",
+         "truncation_side"),
         (b'{"model": "minilm", "input": ', 400, "invalid_request", None),
         (b"\xff\xfe\x00garbage", 400, "invalid_request", None),
         (b"[1, 2, 3]", 400, "invalid_request", None),
@@ -265,6 +279,59 @@ def test_tokenize_shows_exactly_what_the_model_sees(worker: WorkerProcess) -> No
     assert response.status_code == 200
     assert response.json()["tokens"] == [[101, 7592, 2088, 102]]
     assert response.json()["counts"] == [4]
+
+
+def test_rerank_on_an_embedding_worker_is_a_clear_404(worker: WorkerProcess) -> None:
+    response = httpx.post(
+        worker.api_url + "/rerank",
+        json={"model": MODEL, "query": "q", "documents": ["d"]},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["code"] == "not_found"
+    assert "serves task 'embed'" in error["message"]
+    assert "Qwen3-Reranker" in error["message"]
+
+
+def tokenize(worker: WorkerProcess, **body: Any) -> list[int]:
+    response = httpx.post(
+        worker.base_url + "/tokenize",
+        json={"model": MODEL, **body},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert response.status_code == 200, response.text
+    return list(response.json()["tokens"][0])
+
+
+def test_truncation_per_request(
+    worker: WorkerProcess, client: openai.OpenAI, engine: EmbeddingEngine
+) -> None:
+    """A token cap counts the template's tokens; the right side keeps the start, the left
+    side the end, and an instruction prompt stays whole; the vectors are those of exactly
+    the tokens kept."""
+    text = " ".join(f"word{i}" for i in range(60))
+    full = tokenize(worker, input=text)
+    right = tokenize(worker, input=text, truncate_prompt_tokens=12)
+    left = tokenize(worker, input=text, truncate_prompt_tokens=12, truncation_side="left")
+    assert right == [*full[:11], full[-1]]
+    assert left == [full[0], *full[-11:]]
+    query = tokenize(worker, input=text, input_type="query")
+    cut = tokenize(worker, input=text, input_type="query", truncate_prompt_tokens=20,
+                   truncation_side="left")  # fmt: skip
+    prompt = len(tokenize(worker, input="x", input_type="query")) - 3  # [CLS] x [SEP]
+    assert cut[: 1 + prompt] == query[: 1 + prompt]  # the instruction kept
+    assert cut[1 + prompt :] == query[len(query) - (20 - 1 - prompt) :]  # then the end
+    assert tokenize(worker, input=text, truncate_prompt_tokens=-1) == full  # the maximum: 512
+    response = client.embeddings.create(
+        model=MODEL,
+        input=text,
+        extra_body={"truncate_prompt_tokens": 12, "truncation_side": "left"},
+    )
+    assert response.usage.prompt_tokens == 12
+    inside = left[1:-1]  # the engine wraps token ids in the template again
+    alone = asyncio.run(engine.embed([inside], EmbedOptions())).vectors[0]
+    np.testing.assert_allclose(response.data[0].embedding, alone, atol=1e-5)
 
 
 def test_request_id_is_echoed_and_logged_without_the_body(worker: WorkerProcess) -> None:

@@ -113,6 +113,10 @@ HOSTILE_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "instruction": st.one_of(TEXT, SCALARS),
     "input_type": INPUT_TYPES,
     "user": st.one_of(TEXT, SCALARS),
+    "truncate_prompt_tokens": st.one_of(
+        st.sampled_from([-2, -1, 0, 1, 2, 3, 256, 257, 2**64, "8", 8.0, True]), JSON_VALUES
+    ),
+    "truncation_side": st.one_of(st.sampled_from(["left", "right", "LEFT", "middle", ""]), SCALARS),
     "extra_field": JSON_VALUES,
 }
 # Every field hostile at once (mostly refused by the schema).
@@ -143,6 +147,8 @@ VALID_REQUESTS = st.fixed_dictionaries(
         "instruction": GOOD_TEXT,
         "input_type": st.just("query"),
         "user": GOOD_TEXT,
+        "truncate_prompt_tokens": st.one_of(st.just(-1), st.integers(3, 256)),
+        "truncation_side": st.sampled_from(["left", "right"]),
     },
 )
 

@@ -96,6 +96,14 @@ class WorkerSettings:
         default=None, metadata=serve_flag("hub cache (e.g. /models)", type=Path)
     )
     offline: bool = field(default=False, metadata=serve_flag("never contact the hub"))
+    task: str = field(
+        default="auto",
+        metadata=serve_flag(
+            "embed (/v1/embeddings) or rerank (/v1/rerank, a Qwen3 reranker); auto: as the "
+            "model folder says",
+            choices=["auto", "embed", "rerank"],
+        ),
+    )
     tokenizer_cache_dir: Path | None = field(
         default=None,
         metadata=serve_flag(

@@ -42,6 +42,7 @@ class EngineClient:
         on_exit: Callable[[str], None],
     ) -> None:
         self.encoder: InputEncoder = front.encoder
+        self.task = front.task
         self.info = info
         self._process = process
         self._reader, self._writer = streams
@@ -169,7 +170,12 @@ class EngineClient:
         sequences = await self._request_encoder.encode(inputs, options)
         if not sequences:
             raise InvalidInputError("input must not be empty", param="input")
-        if not self.running:  # it went while this request was tokenised
+        return await self.run(sequences, options)
+
+    async def run(self, sequences: list[list[int]], options: EmbedOptions) -> EmbeddingResult:
+        """Token sequences as the model sees them (templates applied, e.g. a reranker's
+        pairs), through the engine."""
+        if not self.running:  # it may have gone while the request was tokenised
             raise EngineUnavailableError(self._gone or "the engine is shutting down")
         request_id = next(self._ids)
         future: asyncio.Future[EmbeddingResult] = asyncio.get_running_loop().create_future()

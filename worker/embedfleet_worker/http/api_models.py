@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from embedfleet_worker.engine.options import InputType
+from embedfleet_worker.engine.options import InputType, TruncationSide
 
 TokenIds = list[Annotated[StrictInt, Field(ge=0)]]
 EmbeddingInput = StrictStr | list[StrictStr] | TokenIds | list[TokenIds]
@@ -30,6 +30,16 @@ class EmbeddingRequest(BaseModel):
     input_type: InputType | None = None
     normalize: StrictBool | None = None
     truncate: StrictBool = True
+    truncate_prompt_tokens: StrictInt | None = Field(
+        default=None,
+        description="Cut each input to this many tokens, the model's template included "
+        "(-1: to the model's maximum), as vLLM names it.",
+    )
+    truncation_side: TruncationSide = Field(
+        default=TruncationSide.RIGHT,
+        description="right: keep an over-long input's start; left: keep its end (an "
+        "instruction prompt stays whole).",
+    )
 
 
 class EmbeddingData(BaseModel):
@@ -58,12 +68,51 @@ class TokenizeRequest(BaseModel):
     instruction: StrictStr | None = None
     input_type: InputType | None = None
     truncate: StrictBool = True
+    truncate_prompt_tokens: StrictInt | None = None
+    truncation_side: TruncationSide = TruncationSide.RIGHT
 
 
 class TokenizeResponse(BaseModel):
     tokens: list[list[int]]
     counts: list[int]
     model: str
+
+
+class RerankRequest(BaseModel):
+    """The Cohere/Jina rerank request, as vLLM and TEI also take it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = Field(default=None, description="A served model name.")
+    query: StrictStr
+    documents: list[StrictStr]
+    top_n: StrictInt | None = Field(
+        default=None, ge=1, description="Only the best n results (default: all)."
+    )
+    return_documents: StrictBool = False
+    instruction: StrictStr | None = Field(
+        default=None, description="The task (default: web search); in the reranker's prompt."
+    )
+    truncate: StrictBool = True
+    truncate_prompt_tokens: StrictInt | None = None
+    truncation_side: TruncationSide = TruncationSide.RIGHT
+
+
+class RerankDocument(BaseModel):
+    text: str
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: RerankDocument | None = None
+
+
+class RerankResponse(BaseModel):
+    id: str
+    model: str
+    results: list[RerankResult]
+    usage: Usage
 
 
 class ModelCard(BaseModel):

@@ -18,13 +18,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from embedfleet_worker import __version__
 from embedfleet_worker.engine.errors import EmbeddingError, InvalidInputError
-from embedfleet_worker.engine.options import EmbedOptions
+from embedfleet_worker.engine.options import EmbedOptions, with_truncation
 from embedfleet_worker.http.api_models import (
     EmbeddingRequest,
     EmbeddingResponse,
     ErrorBody,
     ModelCard,
     ModelList,
+    RerankRequest,
+    RerankResponse,
     TokenizeRequest,
     TokenizeResponse,
 )
@@ -45,6 +47,7 @@ from embedfleet_worker.http.errors import (
 )
 from embedfleet_worker.http.guard import ApiGuard
 from embedfleet_worker.http.loop_monitor import StallLogger, watch_event_loop
+from embedfleet_worker.http.rerank import RERANK_PATH, RerankEndpoint
 from embedfleet_worker.http.worker_state import WorkerState
 from embedfleet_worker.metrics import MULTIPROCESS_DIR
 
@@ -130,11 +133,23 @@ def create_app(state: WorkerState) -> FastAPI:
         name = model_name(state, body.model)
         if not texts:
             raise InvalidInputError("input must not be empty", param="input")
-        options = EmbedOptions(
-            instruction=body.instruction, input_type=body.input_type, truncate=body.truncate
+        options = with_truncation(
+            EmbedOptions(instruction=body.instruction, input_type=body.input_type),
+            body.truncate,
+            body.truncate_prompt_tokens,
+            body.truncation_side,
         )
         tokens = await asyncio.to_thread(engine.encoder.encode, texts, options)
         return TokenizeResponse(tokens=tokens, counts=[len(t) for t in tokens], model=name)
+
+    rerank_endpoint = RerankEndpoint(state)
+
+    @app.post(
+        RERANK_PATH, response_model=RerankResponse, response_model_exclude_none=True,
+        responses=_ERRORS,
+    )  # fmt: skip
+    async def rerank(body: RerankRequest) -> RerankResponse:
+        return await rerank_endpoint.respond(body)
 
     direct = {("POST", EMBEDDINGS_PATH): embeddings_endpoint}
     return ApiGuard(app, state, direct)  # type: ignore[return-value]  # ASGI wrapper

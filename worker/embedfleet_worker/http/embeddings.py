@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 from embedfleet_worker.engine.client import EngineClient
 from embedfleet_worker.engine.errors import EngineUnavailableError, InvalidInputError
 from embedfleet_worker.engine.executor import EmbeddingResult
-from embedfleet_worker.engine.options import EmbedOptions
+from embedfleet_worker.engine.options import EmbedOptions, with_truncation
 from embedfleet_worker.engine.tokenization import Input
 from embedfleet_worker.http.api_models import EmbeddingRequest
 from embedfleet_worker.http.errors import (
@@ -30,9 +30,11 @@ from embedfleet_worker.http.errors import (
     ClientDisconnected,
     invalid_body,
     response_for,
+    wrong_task,
 )
 from embedfleet_worker.http.responses import embedding_body, embedding_chunks, is_large
 from embedfleet_worker.http.worker_state import WorkerState
+from embedfleet_worker.model.files import Task
 
 log = logging.getLogger("embedfleet.worker")
 
@@ -54,6 +56,8 @@ class EmbeddingsEndpoint:
     async def respond(self, body: EmbeddingRequest, receive: Receive) -> Response:
         state = self.state
         engine = engine_of(state)
+        if engine.task is not Task.EMBED:
+            raise wrong_task(engine.task, PATH)
         inputs = _as_inputs(body.input)
         require_unicode(inputs, model=body.model, instruction=body.instruction)
         name = model_name(state, body.model)
@@ -63,12 +67,16 @@ class EmbeddingsEndpoint:
                 f"{state.settings.max_inputs_per_request} per request",
                 param="input",
             )
-        options = EmbedOptions(
-            instruction=body.instruction,
-            input_type=body.input_type,
-            normalize=body.normalize,
-            dimensions=body.dimensions,
-            truncate=body.truncate,
+        options = with_truncation(
+            EmbedOptions(
+                instruction=body.instruction,
+                input_type=body.input_type,
+                normalize=body.normalize,
+                dimensions=body.dimensions,
+            ),
+            body.truncate,
+            body.truncate_prompt_tokens,
+            body.truncation_side,
         )
         result = await _until_disconnect(receive, engine.embed(inputs, options))
         state.metrics.inputs.inc(len(inputs))
@@ -130,7 +138,9 @@ def model_name(state: WorkerState, requested: str | None) -> str:
     )
 
 
-def require_unicode(inputs: Sequence[Input], **fields: str | None) -> None:
+def require_unicode(
+    inputs: Sequence[Input], inputs_param: str = "input", **fields: str | None
+) -> None:
     """JSON `\\udXXX` escapes can put lone surrogates into a parsed string; no tokenizer (nor
     the UTF-8 encoder that writes an error message echoing it) accepts them, so they are refused
     here as a 400 instead of failing later as a 500."""
@@ -142,8 +152,8 @@ def require_unicode(inputs: Sequence[Input], **fields: str | None) -> None:
     for index, item in enumerate(inputs):
         if isinstance(item, str) and not _is_unicode(item):
             raise InvalidInputError(
-                f"input {index} is not valid Unicode text: it holds a lone surrogate",
-                param="input",
+                f"{inputs_param} {index} is not valid Unicode text: it holds a lone surrogate",
+                param=inputs_param,
             )
 
 

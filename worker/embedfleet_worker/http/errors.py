@@ -18,6 +18,7 @@ from embedfleet_worker.engine.errors import (
     InputTooLongError,
     InvalidInputError,
 )
+from embedfleet_worker.model.files import Task
 
 log = logging.getLogger("embedfleet.worker")
 
@@ -145,3 +146,16 @@ def response_for(error: Exception, request_id: str | None) -> Response:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     log.error("unhandled error", exc_info=error, extra={"request_id": request_id})
     return internal_error()
+
+
+def wrong_task(served: Task, path: str) -> ApiError:
+    """The 404 for a route the worker's model does not serve."""
+    wanted = {"rerank": "a reranker such as Qwen/Qwen3-Reranker-4B", "embed": "an embedding model"}
+    needs = wanted[Task.RERANK if served is Task.EMBED else Task.EMBED]
+    return ApiError(
+        404,
+        f"this worker serves task '{served}', not {path}: that needs {needs} "
+        "(EmbeddingService spec.model.task, or `serve --task`)",
+        type_="invalid_request_error",
+        code="not_found",
+    )

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,11 @@ _SUPPORTED_MODULES = {
 QWEN3_CONTEXT = 32768
 
 
+class Task(StrEnum):
+    EMBED = "embed"  # /v1/embeddings: one vector per input
+    RERANK = "rerank"  # /v1/rerank: a relevance score per (query, document) pair
+
+
 @dataclass(frozen=True)
 class ModelDescription:
     path: Path
@@ -47,6 +54,8 @@ class ModelDescription:
     pooling: PoolingMode
     normalize_by_default: bool
     max_input_tokens: int
+    task: Task = Task.EMBED
+    tied_embeddings: bool = False  # the LM head is the token embedding (rerank scores)
 
 
 def resolve_model_dir(
@@ -97,7 +106,18 @@ def describe_model(path: Path) -> ModelDescription:
         pooling=pooling,
         normalize_by_default=normalize,
         max_input_tokens=min(st_max, context) if st_max else context,
+        task=detected_task(path, config),
+        tied_embeddings=bool(config.get("tie_word_embeddings", False)),
     )
+
+
+def detected_task(path: Path, config: dict[str, Any]) -> Task:
+    """A Qwen3 causal LM without sentence-transformers files is a reranker (Qwen3-Reranker
+    scores with its LM head); everything else embeds. A spec's or flag's task overrides it."""
+    causal = "Qwen3ForCausalLM" in (config.get("architectures") or [])
+    if config.get("model_type") == "qwen3" and causal and not (path / "modules.json").is_file():
+        return Task.RERANK
+    return Task.EMBED
 
 
 def _sentence_transformers_settings(
@@ -138,6 +158,24 @@ def _pooling_mode(pooling_config: dict[str, Any], model_type: str) -> PoolingMod
     ):
         raise ValueError(f"unsupported pooling configuration: {pooling_config}")
     return PoolingMode.LAST_TOKEN if model_type == "qwen3" else PoolingMode.MEAN
+
+
+def vocabulary_ids(path: Path, tokens: Sequence[str]) -> tuple[int, ...]:
+    """The ids of whole tokens ("yes", "no") from the folder's tokenizer files, without
+    building a tokenizer (a reranker's engine process has none)."""
+    found: dict[str, int] = {}
+    spec = _read_json(path / "tokenizer.json")
+    if isinstance(spec, dict):
+        found.update((t["content"], int(t["id"])) for t in spec.get("added_tokens") or [])
+        vocab = (spec.get("model") or {}).get("vocab")
+        if isinstance(vocab, dict):
+            found = {**vocab, **found}
+    if not found:
+        found = _read_json(path / "vocab.json") or {}
+    missing = [t for t in tokens if t not in found]
+    if missing:
+        raise ValueError(f"the tokenizer in {path} has no token for {missing}")
+    return tuple(int(found[t]) for t in tokens)
 
 
 def fingerprint(path: Path) -> str:

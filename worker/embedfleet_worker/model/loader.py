@@ -15,9 +15,11 @@ from embedfleet_worker.engine.tokenization import InputEncoder, probe_template
 from embedfleet_worker.model import tokenizer_cache
 from embedfleet_worker.model.files import (
     ModelDescription,
+    Task,
     describe_model,
     fingerprint,
     resolve_model_dir,
+    vocabulary_ids,
 )
 from embedfleet_worker.model.runners.base import EmbeddingRunner
 from embedfleet_worker.settings import WorkerSettings
@@ -25,6 +27,9 @@ from embedfleet_worker.settings import WorkerSettings
 DTypeName = Literal["auto", "bfloat16", "float16", "float32"]
 DeviceName = Literal["auto", "cuda", "cpu"]
 RunnerName = Literal["auto", "qwen3", "transformers"]
+TaskName = Literal["auto", "embed", "rerank"]
+# A Qwen3 reranker's answer tokens: its score is P("yes") over the two.
+RERANK_ANSWERS = ("yes", "no")
 
 T = TypeVar("T")
 
@@ -44,6 +49,7 @@ class ModelSpec:
     offline: bool = False  # only the cache, never the network
     fused_norms: bool = False  # Qwen3 on CUDA: faster, see runners/qwen3_ops.LayerOps
     tokenizer_cache_dir: Path | None = None  # see model/tokenizer_cache.py
+    task: TaskName = "auto"  # auto: as the model folder says (files.detected_task)
 
 
 def default_model_dir() -> Path:
@@ -71,7 +77,19 @@ def model_spec(settings: WorkerSettings) -> ModelSpec:
         offline=settings.offline,
         fused_norms=settings.fused_norms,
         tokenizer_cache_dir=settings.tokenizer_cache_dir,
+        task=settings.task,  # type: ignore[arg-type]
     )
+
+
+def resolved_task(spec: ModelSpec, description: ModelDescription) -> Task:
+    """The spec's task, or the folder's; rerank only for a Qwen3 model (its LM head scores)."""
+    task = description.task if spec.task == "auto" else Task(spec.task)
+    if task is Task.RERANK and description.model_type != "qwen3":
+        raise ValueError(
+            f"task rerank needs a Qwen3 reranker (Qwen3-Reranker); this model is "
+            f"{description.model_type or 'of no known type'}"
+        )
+    return task
 
 
 @dataclass(frozen=True)
@@ -116,6 +134,7 @@ class LoadedEncoder:
     description: ModelDescription
     tokenizer: object
     encoder: InputEncoder
+    task: Task
 
 
 def load_encoder(spec: ModelSpec) -> LoadedEncoder:
@@ -159,7 +178,7 @@ def _encoder(
     )
     if found is None and folder is not None and key is not None and encoder.rust is not None:
         tokenizer_cache.store(folder, key, encoder.rust, template)
-    return LoadedEncoder(path, description, tokenizer, encoder)
+    return LoadedEncoder(path, description, tokenizer, encoder, resolved_task(spec, description))
 
 
 def input_limit(spec: ModelSpec, description: ModelDescription) -> int:
@@ -181,6 +200,7 @@ def load_model(spec: ModelSpec, *, with_encoder: bool = True) -> LoadedModel:
     path, description = _describe(spec)
     phases: dict[str, float] = {}
     qwen3 = _uses_qwen3(spec, description)
+    rerank = resolved_task(spec, description) is Task.RERANK
     with ThreadPoolExecutor(1, thread_name_prefix="embedfleet-tokenizer") as pool:
         encoding = (
             pool.submit(_timed, phases, "tokenizer", _encoder, spec, path, description)
@@ -195,6 +215,7 @@ def load_model(spec: ModelSpec, *, with_encoder: bool = True) -> LoadedModel:
             runner: EmbeddingRunner = _timed(
                 phases, "weights", Qwen3Runner.from_pretrained,
                 path, device=device, dtype=dtype, fused_norms=spec.fused_norms,
+                score_tokens=vocabulary_ids(path, RERANK_ANSWERS) if rerank else None,
             )  # fmt: skip
         else:
             assert encoding is not None

@@ -97,6 +97,24 @@ def read_tensors(path: Path, names: Iterable[str], device: torch.device) -> dict
     return {name: raw[name].view(span.dtype).reshape(span.shape) for name, span in wanted.items()}
 
 
+def read_rows(path: Path, name: str, rows: list[int], device: torch.device) -> torch.Tensor:
+    """Rows of one 2-D tensor (a few of an LM head's 151K), without reading the rest."""
+    span = read_header(path)[name]
+    if len(span.shape) != 2:
+        raise ValueError(f"{path}: {name} is not a matrix")
+    width = span.shape[1] * span.dtype.itemsize
+    out = torch.empty(len(rows), width, dtype=torch.uint8)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for i, row in enumerate(rows):
+            if not 0 <= row < span.shape[0]:
+                raise ValueError(f"{path}: {name} has no row {row}")
+            _read_exact(fd, out[i].numpy(), span.start + row * width)
+    finally:
+        os.close(fd)
+    return out.view(span.dtype).to(device)
+
+
 def plan_chunks(spans: dict[str, TensorSpan], limit: int) -> list[_Chunk]:
     """The wanted tensors' bytes as reads of at most `limit` bytes, in file order: a read
     spans neighbouring tensors, a tensor larger than `limit` spans several reads, and the

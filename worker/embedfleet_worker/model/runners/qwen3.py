@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from embedfleet_worker.engine.pooling import PoolingMode, pool_packed
 from embedfleet_worker.model.runners.qwen3_checkpoint import (
     Qwen3Shape,
+    load_score_rows,
     load_weights,
     read_config,
     weight_names,
@@ -137,12 +138,19 @@ class Qwen3Runner:
         dtype: torch.dtype,
         compile_ops: bool | None = None,
         fused_norms: bool = False,
+        score_rows: torch.Tensor | None = None,
     ) -> None:
         """`weights` is consumed: each layer's tensors are popped as they are fused, so
         loading never holds two copies. `compile_ops` (default: on CUDA with Triton) fuses
-        the pointwise work with torch.compile."""
+        the pointwise work with torch.compile. `score_rows` (a reranker): the LM head's rows
+        for "yes" and "no"; each sequence then gives one number, P(yes) over the two."""
         self.shape = shape
-        self.hidden_size = shape.hidden_size
+        self.hidden_size = shape.hidden_size if score_rows is None else 1
+        # log_softmax over (no, yes) then exp is sigmoid(logit_yes - logit_no): one dot
+        # product with the difference of the two rows, in fp32.
+        self.score_direction = (
+            None if score_rows is None else (score_rows[0].float() - score_rows[1].float())
+        )
         self.device = device
         self.dtype = dtype
         self.attention_backend = (
@@ -181,11 +189,17 @@ class Qwen3Runner:
         device: torch.device,
         dtype: torch.dtype,
         fused_norms: bool = False,
+        score_tokens: tuple[int, int] | None = None,
     ) -> Qwen3Runner:
+        """`score_tokens` (a reranker): the ids of "yes" and "no"."""
         shape = Qwen3Shape.from_config(read_config(model_dir))
         with torch.inference_mode():
             weights = load_weights(model_dir, weight_names(shape), device, dtype)
-            return cls(shape, weights, device=device, dtype=dtype, fused_norms=fused_norms)
+            rows = None
+            if score_tokens is not None:
+                rows = load_score_rows(model_dir, score_tokens, device).to(dtype)
+            return cls(shape, weights, device=device, dtype=dtype, fused_norms=fused_norms,
+                       score_rows=rows)  # fmt: skip
 
     def preparation(self) -> Iterator[bool]:
         """Compiling the fused kernels, the long inputs' attention plans and CUDA graphs for
@@ -287,8 +301,12 @@ class Qwen3Runner:
         return PackedForward(self, cu_seqlens, lengths, cos, sin, hidden, normed, max_len)
 
     def final_norm_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        """The final norm, only for the pooled rows (the only ones that matter), in fp32."""
-        return rms_norm(rows, self.final_norm.float(), self.shape.rms_norm_eps)
+        """The final norm, only for the pooled rows (the only ones that matter), in fp32; for
+        a reranker, each row's score."""
+        normed = rms_norm(rows, self.final_norm.float(), self.shape.rms_norm_eps)
+        if self.score_direction is None:
+            return normed
+        return torch.sigmoid(normed @ self.score_direction)[:, None]
 
     def _attention_half(self, f: PackedForward, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention and its residual add: (the residual stream, the MLP's normed input)."""

@@ -12,7 +12,7 @@ from typing import Any, cast
 import torch
 from safetensors import safe_open
 
-from embedfleet_worker.model.safetensors_reads import read_tensors
+from embedfleet_worker.model.safetensors_reads import read_rows, read_tensors
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,17 @@ def _weight_files(model_dir: Path) -> dict[str, Path]:
         raise ValueError(f"no model.safetensors or model.safetensors.index.json in {model_dir}")
     with safe_open(str(single), framework="pt") as handle:
         return dict.fromkeys(handle.keys(), single)
+
+
+def load_score_rows(model_dir: Path, tokens: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """The LM head's rows for two tokens (a reranker's "yes" and "no"), [2, hidden] as stored:
+    only these two of its 151K rows are read, and kept."""
+    files = _weight_files(model_dir)
+    name = next((n for n in ("lm_head.weight", "model.embed_tokens.weight", "embed_tokens.weight")
+                 if n in files), None)  # fmt: skip  # the head, or the embedding it is tied to
+    if name is None:
+        raise ValueError(f"checkpoint in {model_dir} has no lm_head.weight for the scores")
+    return read_rows(files[name], name, list(tokens), device)
 
 
 def load_weights(

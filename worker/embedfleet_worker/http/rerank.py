@@ -1,0 +1,83 @@
+"""`POST /v1/rerank` (the Cohere/Jina shape, as vLLM and TEI serve it): a query scored against
+each document by the worker's reranker (engine/reranking.py), best first."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from embedfleet_worker.engine.errors import InvalidInputError
+from embedfleet_worker.engine.options import EmbedOptions, with_truncation
+from embedfleet_worker.engine.reranking import PairEncoder
+from embedfleet_worker.http.api_models import (
+    RerankDocument,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
+    Usage,
+)
+from embedfleet_worker.http.embeddings import engine_of, model_name, require_unicode
+from embedfleet_worker.http.errors import wrong_task
+from embedfleet_worker.model.files import Task
+
+if TYPE_CHECKING:
+    from embedfleet_worker.http.worker_state import WorkerState
+
+RERANK_PATH = "/v1/rerank"
+
+
+class RerankEndpoint:
+    def __init__(self, state: WorkerState) -> None:
+        self.state = state
+        self._pairs: PairEncoder | None = None
+
+    async def respond(self, body: RerankRequest) -> RerankResponse:
+        state = self.state
+        engine = engine_of(state)
+        if engine.task is not Task.RERANK:
+            raise wrong_task(engine.task, RERANK_PATH)
+        require_unicode(body.documents, "documents", model=body.model, query=body.query,
+                        instruction=body.instruction)  # fmt: skip
+        name = model_name(state, body.model)
+        if not body.documents:
+            raise InvalidInputError("documents must not be empty", param="documents")
+        limit = state.settings.max_inputs_per_request
+        if len(body.documents) > limit:
+            raise InvalidInputError(
+                f"{len(body.documents)} documents exceed the limit of {limit} per request",
+                param="documents",
+            )
+        options = with_truncation(
+            EmbedOptions(normalize=False),
+            body.truncate,
+            body.truncate_prompt_tokens,
+            body.truncation_side,
+        )
+        if self._pairs is None:
+            self._pairs = PairEncoder(engine.encoder)
+        sequences = await asyncio.to_thread(
+            self._pairs.encode, body.query, body.documents, options, body.instruction
+        )
+        result = await engine.run(sequences, options)
+        state.metrics.inputs.inc(len(sequences))
+        state.metrics.input_tokens.inc(result.total_tokens)
+        scores = result.vectors[:, 0]
+        order = np.argsort(-scores, kind="stable")[: body.top_n]
+        return RerankResponse(
+            id=f"rerank-{uuid.uuid4().hex}",
+            model=name,
+            results=[
+                RerankResult(
+                    index=int(i),
+                    relevance_score=float(scores[i]),
+                    document=RerankDocument(text=body.documents[i])
+                    if body.return_documents
+                    else None,
+                )
+                for i in order
+            ],
+            usage=Usage(prompt_tokens=result.total_tokens, total_tokens=result.total_tokens),
+        )
