@@ -84,6 +84,13 @@ def model_schema() -> Schema:
                 enum=["auto", "bfloat16", "float16", "float32"],
                 default=default_of(ModelSpec, "dtype"),
             ),
+            "task": string(
+                enum=["auto", "embed", "rerank"],
+                default=default_of(ModelSpec, "task"),
+                description="embed serves /v1/embeddings, rerank /v1/rerank (a Qwen3 reranker "
+                "such as Qwen/Qwen3-Reranker-4B); auto: a Qwen3 causal LM without "
+                "sentence-transformers files reranks, anything else embeds.",
+            ),
             "cache": obj(
                 {
                     "pvc": {**OBJECT_NAME, "description": "Existing PVC holding the hub cache."},

@@ -76,6 +76,7 @@ def worker_environment(spec: EmbeddingServiceSpec) -> list[Manifest]:
         "EMBEDFLEET_MODEL": model.name,
         "EMBEDFLEET_REVISION": model.revision,
         "EMBEDFLEET_DTYPE": model.dtype,
+        "EMBEDFLEET_TASK": model.task,
         "EMBEDFLEET_DEVICE": "cuda" if spec.resources.gpus > 0 else "cpu",
         "EMBEDFLEET_HOST": "0.0.0.0",
         "EMBEDFLEET_PORT": WORKER_PORT,
@@ -96,8 +97,7 @@ def worker_environment(spec: EmbeddingServiceSpec) -> list[Manifest]:
         # once (4B on an H200: compilation 14.2 s cold, 5.6-6.0 s warm; BENCHMARKS.md).
         "TORCHINDUCTOR_CACHE_DIR": f"{MODEL_CACHE_PATH}/.compile-cache/inductor",
         "TRITON_CACHE_DIR": f"{MODEL_CACHE_PATH}/.compile-cache/triton",
-        # The tokenizer as built, beside them: transformers' import and tokenizer build were
-        # most of a 4B worker's 12-14 s start once its weights loaded in under a second.
+        # The tokenizer as built, beside them (most of a 4B worker's start otherwise).
         "EMBEDFLEET_TOKENIZER_CACHE_DIR": f"{MODEL_CACHE_PATH}/.compile-cache/tokenizers",
     }
     if spec.api_key_secret_ref is not None:

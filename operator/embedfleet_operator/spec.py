@@ -48,6 +48,7 @@ class ModelSpec:
     name: str
     revision: str | None = None
     dtype: str = "auto"
+    task: str = "auto"  # embed (/v1/embeddings) or rerank (/v1/rerank); auto: the folder says
     cache: ModelCacheSpec = ModelCacheSpec()
     # Fetch the model into the cache PVC once per model and revision (a Job), before workers
     # start; the workers then load it offline (prefetch.py).

@@ -76,7 +76,9 @@ def test_the_engine_configs_settings_are_the_workers() -> None:
     """EngineConfig's fields that are settings take their defaults from the one declaration,
     and `from_settings` their values; its own knobs keep their defaults."""
     shared = {f.name for f in fields(EngineConfig)} & {f.name for f in fields(WorkerSettings)}
-    assert shared == {"max_batch_tokens", "max_batch_size", "max_queue_tokens"}
+    assert shared == {
+        "max_batch_tokens", "max_batch_size", "max_queue_tokens", "prepare_before_ready"
+    }  # fmt: skip
     assert all(getattr(EngineConfig(), n) == getattr(WorkerSettings(), n) for n in shared)
     settings = parse_settings(
         ["--max-batch-tokens", "4096", "--max-batch-size", "8"],
@@ -105,7 +107,12 @@ SERVICE: dict[str, Any] = {
     "kind": "EmbeddingService",
     "metadata": {"name": "qwen3-4b", "namespace": "ml", "uid": "u-1"},
     "spec": {
-        "model": {"name": "Qwen/Qwen3-Embedding-4B", "revision": "v1.0", "dtype": "float16"},
+        "model": {
+            "name": "Qwen/Qwen3-Embedding-4B",
+            "revision": "v1.0",
+            "dtype": "float16",
+            "task": "embed",
+        },
         "resources": {"gpus": 1},
         "engine": ENGINE,
         "apiKeySecretRef": {"name": "embedding-keys", "key": "token"},
@@ -117,6 +124,7 @@ INTENDED: dict[str, Any] = {
     "model": "Qwen/Qwen3-Embedding-4B",
     "revision": "v1.0",
     "dtype": "float16",
+    "task": "embed",
     "device": "cuda",
     "host": "0.0.0.0",
     "port": 8000,  # also the worker's default: the one setting here that does not tell
@@ -131,6 +139,7 @@ INTENDED: dict[str, Any] = {
     "max_connection_requests": 100,
     "served_model_names": ("Qwen/Qwen3-Embedding-4B",),
     "model_cache_dir": Path("/models"),
+    "tokenizer_cache_dir": Path("/models/.compile-cache/tokenizers"),
     "api_key_file": Path("/etc/embedfleet/api-key/token"),
 }
 

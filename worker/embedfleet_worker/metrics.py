@@ -133,7 +133,7 @@ class WorkerMetrics:
         self.model_info = Gauge(
             MODEL_INFO,
             "The loaded model (value 1).",
-            ["model", "revision", "dtype", "fingerprint"],
+            ["model", "revision", "dtype", "fingerprint", "task"],
             registry=r,
             multiprocess_mode="livemax",
         )

@@ -154,6 +154,7 @@ class WorkerState:
             revision=s.revision or "",
             dtype=info.dtype_name,
             fingerprint=info.fingerprint,
+            task=engine.task.value,
         ).set(1)
         if self.engine_socket is None:  # the main API process: its start is the worker's
             self.metrics.on_ready(info.load_seconds)
