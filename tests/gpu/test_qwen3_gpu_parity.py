@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 import torch
@@ -31,14 +32,7 @@ def build(size: str) -> tuple[torch.nn.Module, Qwen3Runner]:
 
     # The benchmark's table of the real Qwen3-Embedding shapes is the one source for both.
     config = Qwen3Config(**COMMON_ARCH, **ARCHS[size], attn_implementation="sdpa")
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device("cuda"):
-            model = Qwen3Model(config).eval()
-    finally:
-        torch.set_default_dtype(previous)
+    model = bf16_on_cuda(Qwen3Model, config)
     runner = Qwen3Runner(
         Qwen3Shape.from_config(config.to_dict()),
         model.state_dict(),
@@ -46,6 +40,18 @@ def build(size: str) -> tuple[torch.nn.Module, Qwen3Runner]:
         dtype=torch.bfloat16,
     )
     return model, runner
+
+
+def bf16_on_cuda(kind: Any, config: Any) -> torch.nn.Module:
+    """A transformers model built in bf16 on the GPU with random weights (seed 0)."""
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            return cast(torch.nn.Module, kind(config).eval())
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def reference(model: torch.nn.Module, sequences: list[list[int]]) -> torch.Tensor:

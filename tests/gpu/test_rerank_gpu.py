@@ -11,6 +11,7 @@ import torch
 from bench._systems import ARCHS, COMMON_ARCH
 from embedfleet_worker.model.runners.qwen3 import Qwen3Runner
 from embedfleet_worker.model.runners.qwen3_checkpoint import Qwen3Shape
+from tests.gpu.test_qwen3_gpu_parity import bf16_on_cuda
 
 pytestmark = [
     pytest.mark.gpu,
@@ -29,14 +30,7 @@ def test_4b_reranker_scores_match_transformers_bf16() -> None:
 
     config = Qwen3Config(**COMMON_ARCH, **ARCHS["4b"], attn_implementation="sdpa")
     assert not config.tie_word_embeddings  # as Qwen3-Reranker-4B: an LM head of its own
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device("cuda"):
-            model = Qwen3ForCausalLM(config).eval()
-    finally:
-        torch.set_default_dtype(previous)
+    model = bf16_on_cuda(Qwen3ForCausalLM, config)
     state = {k.removeprefix("model."): v for k, v in model.state_dict().items()}
     rows = torch.stack([state["lm_head.weight"][YES], state["lm_head.weight"][NO]])
     runner = Qwen3Runner(

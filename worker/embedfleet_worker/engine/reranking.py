@@ -12,8 +12,8 @@ from embedfleet_worker.engine.options import EmbedOptions
 from embedfleet_worker.engine.tokenization import (
     InputEncoder,
     SequenceTemplate,
-    apply_template,
     common_prefix,
+    fit,
 )
 
 SYSTEM = (
@@ -55,15 +55,8 @@ class PairEncoder:
         head, *contents = self.encoder.tokenize(
             [pair_text(task, query, ""), *(pair_text(task, query, d) for d in documents)]
         )
+        # A left cut keeps the instruction and the query, and cuts the document's start.
         return [
-            apply_template(
-                content,
-                self.template,
-                max_tokens=limit,
-                truncate=options.truncate,
-                index=index,
-                side=options.truncation_side,
-                keep_head=common_prefix(head, content),  # instruction and query, if cut left
-            )
+            fit(content, self.template, limit, options, index, common_prefix(head, content))
             for index, content in enumerate(contents)
         ]

@@ -76,6 +76,26 @@ def apply_template(
     return [*template.prefix, *body, *template.suffix]
 
 
+def fit(
+    content: Sequence[int],
+    template: SequenceTemplate,
+    limit: int,
+    options: EmbedOptions,
+    index: int,
+    keep_head: int = 0,
+) -> list[int]:
+    """apply_template with a request's truncation options (`limit`: InputEncoder.limit)."""
+    return apply_template(
+        content,
+        template,
+        max_tokens=limit,
+        truncate=options.truncate,
+        index=index,
+        side=options.truncation_side,
+        keep_head=keep_head,
+    )
+
+
 def probe_template(tokenizer: Any, pooling: PoolingMode) -> SequenceTemplate:
     """Reads the special-token template off the tokenizer by encoding a probe with and without
     special tokens. For last-token pooling the sequence must end in a terminator: the
@@ -150,17 +170,7 @@ class InputEncoder:
             else:
                 content = [*prompt, *self._check_token_ids(item, index)]
                 head = len(prompt)
-            sequences.append(
-                apply_template(
-                    content,
-                    self.template,
-                    max_tokens=limit,
-                    truncate=options.truncate,
-                    index=index,
-                    side=options.truncation_side,
-                    keep_head=head,
-                )
-            )
+            sequences.append(fit(content, self.template, limit, options, index, head))
         return sequences
 
     def limit(self, options: EmbedOptions, template: SequenceTemplate) -> int:
