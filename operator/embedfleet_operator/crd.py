@@ -282,6 +282,10 @@ def status_schema() -> Schema:
                     "queueTokens": number,
                     "reportingWorkers": integer(),
                     "unmeasuredWorkers": integer(),
+                    "task": string(
+                        description="What the reporting workers serve: embed or rerank "
+                        "(spec.model.task, or what the model folder says)."
+                    ),
                 },
                 description="Fleet load measured at the last autoscaling tick.",
             ),

@@ -17,6 +17,7 @@ class PodMetrics:
     gpu_utilization: float | None  # NVML mean over the pod's GPUs, 0..1; None without a GPU
     queue_tokens: float
     queue_requests: float
+    task: str | None = None  # what the worker serves (embed, rerank), as it reports
 
     @property
     def utilization_percent(self) -> float:
@@ -75,6 +76,7 @@ class FleetMetrics:
     queue_tokens: float
     reporting_pods: int
     missing_pods: int
+    tasks: tuple[str, ...] = ()  # what the reporting workers serve (two during a change)
 
 
 def fleet_metrics(observation: Observation) -> FleetMetrics:
@@ -93,4 +95,5 @@ def fleet_metrics(observation: Observation) -> FleetMetrics:
         queue_tokens=sum(m.queue_tokens for m in reporting),
         reporting_pods=len(reporting),
         missing_pods=len(observation.missing),
+        tasks=tuple(sorted({m.task for m in reporting if m.task is not None})),
     )

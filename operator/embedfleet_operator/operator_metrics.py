@@ -13,6 +13,7 @@ WORKER_INPUT_TOKENS_TOTAL = "embedfleet_input_tokens_total"
 WORKER_ENGINE_BUSY = "embedfleet_engine_busy_seconds_total"
 WORKER_GPU_UTILIZATION = "embedfleet_gpu_utilization_ratio"
 WORKER_QUEUE_TOKENS = "embedfleet_queue_tokens"
+WORKER_MODEL_INFO = "embedfleet_model_info"  # its `task` label: what the worker serves
 WORKER_QUEUE_REQUESTS = "embedfleet_queue_requests"
 PROCESS_START_TIME = "process_start_time_seconds"
 

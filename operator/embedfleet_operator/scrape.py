@@ -14,6 +14,7 @@ from embedfleet_operator.operator_metrics import (
     WORKER_ENGINE_BUSY,
     WORKER_GPU_UTILIZATION,
     WORKER_INPUT_TOKENS_TOTAL,
+    WORKER_MODEL_INFO,
     WORKER_QUEUE_REQUESTS,
     WORKER_QUEUE_TOKENS,
     WORKER_REQUESTS_TOTAL,
@@ -30,6 +31,7 @@ class WorkerSample:
     queue_tokens: float
     queue_requests: float
     started: float | None  # the process' start time, to spot restarts
+    task: str | None = None  # embed or rerank, from its model_info
 
 
 class MetricsFormatError(ValueError):
@@ -39,11 +41,14 @@ class MetricsFormatError(ValueError):
 def parse_worker_metrics(text: str, time: float) -> WorkerSample:
     sums: dict[str, float] = {}
     gpus: list[float] = []
+    task = None
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if sample.name == WORKER_GPU_UTILIZATION:
                     gpus.append(float(sample.value))
+                elif sample.name == WORKER_MODEL_INFO:
+                    task = sample.labels.get("task") or task
                 else:
                     sums[sample.name] = sums.get(sample.name, 0.0) + float(sample.value)
     except (ValueError, TypeError, IndexError) as error:
@@ -61,6 +66,7 @@ def parse_worker_metrics(text: str, time: float) -> WorkerSample:
         queue_tokens=sums.get(WORKER_QUEUE_TOKENS, 0.0),
         queue_requests=sums.get(WORKER_QUEUE_REQUESTS, 0.0),
         started=sums.get(PROCESS_START_TIME),
+        task=task,
     )
 
 
@@ -95,4 +101,5 @@ def pod_rates(previous: WorkerSample | None, current: WorkerSample) -> PodMetric
         gpu_utilization=current.gpu_utilization,
         queue_tokens=current.queue_tokens,
         queue_requests=current.queue_requests,
+        task=current.task,
     )

@@ -255,6 +255,7 @@ def metrics_status(metrics: FleetMetrics) -> Manifest:
         "queueTokens": _rounded(metrics.queue_tokens),
         "reportingWorkers": metrics.reporting_pods,
         "unmeasuredWorkers": metrics.missing_pods,
+        "task": ",".join(metrics.tasks) or None,
     }
     return {key: value for key, value in values.items() if value is not None}
 

@@ -1,7 +1,8 @@
 """A reranker EmbeddingService end to end on the local control plane: the operator's Deployment
 runs a real worker (tests/cluster/kubelet.py) on a tiny random Qwen3 reranker with the real
 Qwen3 tokenizer, and plain HTTP at the Service reranks a few documents: the results come best
-first with the scores the runner computes, and the worker's metrics say task "rerank"."""
+first with the scores the runner computes, and the worker's metrics and the service's status
+say task "rerank"."""
 
 from __future__ import annotations
 
@@ -52,8 +53,10 @@ def test_a_reranker_service_reranks_through_the_service(
     create_peering(cluster, namespace)
     api = cluster.api_client()
     custom = kubernetes.client.CustomObjectsApi(api)
-    operator = OperatorProcess(cluster, namespace, tmp_path / "operator.log",
-                               "--resync-seconds", "5")  # fmt: skip
+    operator = OperatorProcess(
+        cluster, namespace, tmp_path / "operator.log",
+        "--resync-seconds", "5", "--autoscale-seconds", "2", "--scrape-timeout-seconds", "1",
+    )  # fmt: skip
     kubelet = LoopbackKubelet(api, namespace, tmp_path / "pods")
     body = real_worker_service("reranker", model={"name": str(model), "task": "rerank"})
     try:
@@ -73,6 +76,14 @@ def test_a_reranker_service_reranks_through_the_service(
             worker = next(p for p in kubelet.running() if p.ready)
             with urllib.request.urlopen(f"{worker.base_url}/metrics", timeout=10) as response:
                 metrics = response.read().decode()
+
+            def served() -> str | None:
+                body = custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, "reranker"
+                )
+                return ((body.get("status") or {}).get("metrics") or {}).get("task")
+
+            wait_until(lambda: served() == "rerank", 120, "status.metrics.task rerank")
     finally:
         assert operator.stop() == 0
     assert not kubelet.errors, kubelet.errors

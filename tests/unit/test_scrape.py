@@ -31,6 +31,7 @@ def test_the_operator_reads_the_names_the_worker_writes() -> None:
         operator_metrics.WORKER_GPU_UTILIZATION: worker_metrics.GPU_UTILIZATION,
         operator_metrics.WORKER_QUEUE_TOKENS: worker_metrics.QUEUE_TOKENS,
         operator_metrics.WORKER_QUEUE_REQUESTS: worker_metrics.QUEUE_REQUESTS,
+        operator_metrics.WORKER_MODEL_INFO: worker_metrics.MODEL_INFO,
     }
     assert all(ours == theirs for ours, theirs in pairs.items()), pairs
 
@@ -47,6 +48,20 @@ def test_parses_a_real_worker_registry() -> None:
     assert (sample.queue_tokens, sample.queue_requests) == (512, 2)
     assert sample.started is not None  # process_start_time_seconds
     assert sample.started > 1e9
+    assert sample.task is None  # no model loaded yet
+
+
+@pytest.mark.parametrize("task", ["embed", "rerank"])
+def test_the_task_a_worker_serves_comes_with_its_rates(task: str) -> None:
+    metrics = worker_metrics.WorkerMetrics()
+    metrics.model_info.labels(model="m", revision="", dtype="bfloat16", fingerprint="f",
+                              task=task).set(1)  # fmt: skip
+    first = parse_worker_metrics(generate_latest(metrics.registry).decode(), time=1.0)
+    later = parse_worker_metrics(generate_latest(metrics.registry).decode(), time=2.0)
+    assert first.task == task
+    rates = pod_rates(first, later)
+    assert rates is not None
+    assert rates.task == task
 
 
 def test_a_worker_that_served_nothing_yet_is_measured_at_zero() -> None:

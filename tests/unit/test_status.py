@@ -17,6 +17,7 @@ from embedfleet_operator.status import (
     compute_conditions,
     is_written,
     merge_conditions,
+    metrics_status,
     pod_problem,
     schedule_condition,
 )
@@ -198,6 +199,14 @@ METRICS = FleetMetrics(
     requests_per_second=12.5, tokens_per_second=900.0, queue_tokens=0.0, reporting_pods=2,
     missing_pods=0,
 )  # fmt: skip
+
+
+def test_metrics_status_says_what_the_workers_serve() -> None:
+    assert "task" not in metrics_status(METRICS)  # no worker reported one
+    assert metrics_status(replace(METRICS, tasks=("rerank",)))["task"] == "rerank"
+    assert metrics_status(replace(METRICS, tasks=("embed", "rerank")))["task"] == "embed,rerank"
+
+
 SERVICE = parse_service(
     {
         "metadata": {"name": "s", "namespace": "ml", "generation": 3},
