@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from bench._measure import timed
 from bench._systems import build_model, build_runner, make_config
 from embedfleet_worker.model.runners.qwen3 import Qwen3Runner
+from embedfleet_worker.model.runners.qwen3_attention import packed_attention
 
 
 def matmul_rates(runner: Qwen3Runner, tokens: int) -> dict[str, float]:
@@ -120,7 +121,17 @@ def main() -> None:
     k = torch.randn(args.long_tokens, s.num_kv_heads, s.head_dim, device=device, dtype=dtype)
     cu = torch.tensor([0, args.long_tokens], device=device, dtype=torch.int32)
     report["long"]["flash2_varlen_ms"] = 1000 * timed(
-        lambda: runner.attention(q, k, k, cu, [1] * 8, args.long_tokens), repeats=5
+        lambda: packed_attention(
+            q,
+            k,
+            k,
+            cu,
+            [1] * 8,
+            backend=runner.attention_backend,
+            scale=runner.scale,
+            max_len=args.long_tokens,
+        ),
+        repeats=5,
     )
     qt, kt = q.transpose(0, 1)[None], k.transpose(0, 1)[None]
     report["long"]["sdpa_ms"] = 1000 * timed(

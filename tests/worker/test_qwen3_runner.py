@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from embedfleet_worker.model.runners.qwen3 import Qwen3Runner, padded_heads, padded_length
+from embedfleet_worker.model.runners.qwen3 import Qwen3Runner
+from embedfleet_worker.model.runners.qwen3_attention import padded_heads, padded_length
 from tests.modelzoo import minilm_dir
 
 EOS = 151643  # <|endoftext|>: Qwen3-Embedding pools the hidden state at this appended token

@@ -119,6 +119,13 @@ class WorkerSettings:
             "transformers bf16 0.99897 instead of 0.99903 on 4B, see BENCHMARKS.md)"
         ),
     )
+    share_prefixes: bool = field(
+        default=False,
+        metadata=serve_flag(
+            "Qwen3: inputs of a batch that begin alike (an instruction, a reranker's prompt "
+            "and query) compute that prefix once; off until measured on a GPU"
+        ),
+    )
     prepare_before_ready: bool = field(
         default=False,
         metadata=serve_flag(

@@ -48,6 +48,7 @@ class ModelSpec:
     cache_dir: Path | None = None  # hub cache (the model cache volume in a pod)
     offline: bool = False  # only the cache, never the network
     fused_norms: bool = False  # Qwen3 on CUDA: faster, see runners/qwen3_ops.LayerOps
+    share_prefixes: bool = False  # Qwen3: see runners/shared_prefixes.py
     tokenizer_cache_dir: Path | None = None  # see model/tokenizer_cache.py
     task: TaskName = "auto"  # auto: as the model folder says (files.detected_task)
 
@@ -76,6 +77,7 @@ def model_spec(settings: WorkerSettings) -> ModelSpec:
         cache_dir=settings.model_cache_dir,
         offline=settings.offline,
         fused_norms=settings.fused_norms,
+        share_prefixes=settings.share_prefixes,
         tokenizer_cache_dir=settings.tokenizer_cache_dir,
         task=settings.task,  # type: ignore[arg-type]
     )
@@ -216,6 +218,7 @@ def load_model(spec: ModelSpec, *, with_encoder: bool = True) -> LoadedModel:
                 phases, "weights", Qwen3Runner.from_pretrained,
                 path, device=device, dtype=dtype, fused_norms=spec.fused_norms,
                 score_tokens=vocabulary_ids(path, RERANK_ANSWERS) if rerank else None,
+                share_prefixes=spec.share_prefixes,
             )  # fmt: skip
         else:
             assert encoding is not None

@@ -6,7 +6,6 @@ for each one. Weights are read straight from the Hugging Face safetensors checkp
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 from collections.abc import Iterator, MutableMapping, Sequence
@@ -18,6 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from embedfleet_worker.engine.pooling import PoolingMode, pool_packed
+from embedfleet_worker.model.runners.qwen3_attention import (
+    GatheredKeys,
+    packed_attention,
+)
 from embedfleet_worker.model.runners.qwen3_checkpoint import (
     Qwen3Shape,
     load_score_rows,
@@ -26,6 +29,7 @@ from embedfleet_worker.model.runners.qwen3_checkpoint import (
     weight_names,
 )
 from embedfleet_worker.model.runners.qwen3_ops import LayerOps, compile_available, rms_norm
+from embedfleet_worker.model.runners.shared_prefixes import PrefixPlan, plan_shared_prefixes
 
 
 @dataclass(frozen=True)
@@ -42,30 +46,6 @@ class _Layer:
     down_weight: torch.Tensor
 
 
-LONG_SEQUENCE = 4096  # from here on, per-sequence SDPA (cuDNN/flash) beats FA2 varlen
-# cuDNN builds an attention plan for each new sequence length (48-68 ms on an H200, once 765 ms),
-# so long sequences are padded at the end to a multiple of this and the plans for those lengths
-# are built before Ready. Causal attention makes the padding exact: no real position attends to
-# a later one. (FlashAttention needs no plan, but at 8K/32K tokens it takes 1.9x/2x cuDNN's time.)
-LONG_SEQUENCE_STEP = 1024
-
-
-def padded_length(length: int) -> int:
-    return -(-length // LONG_SEQUENCE_STEP) * LONG_SEQUENCE_STEP
-
-
-def preferred_sdpa_backends(device: torch.device) -> contextlib.AbstractContextManager[None]:
-    """On a GPU, cuDNN attention first: 15 ms against 25 ms for FlashAttention-2 on a causal
-    32K-token sequence on an H100 (bench/profile_qwen3.py)."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
-             SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]  # fmt: skip
-    return cast(contextlib.AbstractContextManager[None], sdpa_kernel(order, set_priority=True))
-
-
 @dataclass
 class PackedForward:
     """One packed batch in flight, one layer per `step()`: the engine runs waiting queries
@@ -79,6 +59,8 @@ class PackedForward:
     hidden: torch.Tensor  # the fp32 residual stream
     normed: torch.Tensor  # the next sublayer's normed input, in the model dtype
     max_len: int | None = None  # a static bound (CUDA graphs) instead of max(lengths)
+    keys: GatheredKeys | None = None  # shared prefixes: each sequence's keys, gathered
+    pooled: int | None = None  # shared prefixes: the sequences to pool (the prefixes follow)
     layer: int = 0
     # the layer's attention half has run: (residual stream, the MLP's normed input)
     attended: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -120,7 +102,8 @@ class PackedForward:
 
     def result(self) -> torch.Tensor:
         self.finish()
-        last = pool_packed(self.hidden, self.cu_seqlens, PoolingMode.LAST_TOKEN)
+        cu = self.cu_seqlens if self.pooled is None else self.cu_seqlens[: self.pooled + 1]
+        last = pool_packed(self.hidden, cu, PoolingMode.LAST_TOKEN)
         return self.runner.final_norm_rows(last)
 
 
@@ -139,12 +122,14 @@ class Qwen3Runner:
         compile_ops: bool | None = None,
         fused_norms: bool = False,
         score_rows: torch.Tensor | None = None,
+        share_prefixes: bool = False,
     ) -> None:
         """`weights` is consumed: each layer's tensors are popped as they are fused, so
         loading never holds two copies. `compile_ops` (default: on CUDA with Triton) fuses
         the pointwise work with torch.compile. `score_rows` (a reranker): the LM head's rows
         for "yes" and "no"; each sequence then gives one number, P(yes) over the two."""
         self.shape = shape
+        self.share_prefixes = share_prefixes  # shared_prefixes.py; off: every input whole
         self.hidden_size = shape.hidden_size if score_rows is None else 1
         # log_softmax over (no, yes) then exp is sigmoid(logit_yes - logit_no): one dot
         # product with the difference of the two rows, in fp32.
@@ -190,6 +175,7 @@ class Qwen3Runner:
         dtype: torch.dtype,
         fused_norms: bool = False,
         score_tokens: tuple[int, int] | None = None,
+        share_prefixes: bool = False,
     ) -> Qwen3Runner:
         """`score_tokens` (a reranker): the ids of "yes" and "no"."""
         shape = Qwen3Shape.from_config(read_config(model_dir))
@@ -199,7 +185,7 @@ class Qwen3Runner:
             if score_tokens is not None:
                 rows = load_score_rows(model_dir, score_tokens, device).to(dtype)
             return cls(shape, weights, device=device, dtype=dtype, fused_norms=fused_norms,
-                       score_rows=rows)  # fmt: skip
+                       score_rows=rows, share_prefixes=share_prefixes)  # fmt: skip
 
     def preparation(self) -> Iterator[bool]:
         """Compiling the fused kernels, the long inputs' attention plans and CUDA graphs for
@@ -270,6 +256,9 @@ class Qwen3Runner:
         return emb.cos().to(self.dtype)[:, None, :], emb.sin().to(self.dtype)[:, None, :]
 
     def _start(self, sequences: Sequence[Sequence[int]], lengths: list[int]) -> PackedForward:
+        plan = plan_shared_prefixes(sequences) if self.share_prefixes else None
+        if plan is not None:
+            return self._start_shared(plan)
         flat = list(itertools.chain.from_iterable(sequences))
         ids = torch.tensor(flat, dtype=torch.long, device=self.device)
         # Position of each token within its own sequence: packing must not shift RoPE.
@@ -281,6 +270,28 @@ class Qwen3Runner:
         )
         return self.begin(ids, positions, cu_seqlens, lengths)
 
+    def _start_shared(self, plan: PrefixPlan) -> PackedForward:
+        """Inputs that share a prefix compute it once and attend to its keys and values."""
+        device, parts = self.device, plan.parts
+        ids = torch.tensor(list(itertools.chain.from_iterable(parts)), device=device)
+        positions = torch.tensor(
+            [first + i for part, first in zip(parts, plan.first_positions, strict=True)
+             for i in range(len(part))], device=device,
+        )  # fmt: skip
+        cu_seqlens = torch.tensor(plan.offsets, dtype=torch.int32, device=device)
+        key_lengths = [sum(end - start for start, end in spans) for spans in plan.key_ranges]
+        keys = GatheredKeys(
+            torch.tensor(
+                [t for spans in plan.key_ranges for a, b in spans for t in range(a, b)],
+                device=device,
+            ),
+            torch.tensor([0, *itertools.accumulate(key_lengths)], dtype=torch.int32, device=device),
+            key_lengths,
+        )
+        forward = self.begin(ids, positions, cu_seqlens, [len(p) for p in parts], keys=keys)
+        forward.pooled = plan.inputs  # the prefixes, packed after the inputs, are not pooled
+        return forward
+
     def begin(
         self,
         ids: torch.Tensor,
@@ -288,6 +299,7 @@ class Qwen3Runner:
         cu_seqlens: torch.Tensor,
         lengths: list[int],
         max_len: int | None = None,
+        keys: GatheredKeys | None = None,
     ) -> PackedForward:
         """A packed batch from tensors already on the device (the CUDA graphs' static
         buffers, or `_start`'s), before its first layer."""
@@ -298,7 +310,9 @@ class Qwen3Runner:
         normed = self.ops.rms_norm(
             hidden, self.layers[0].input_norm, self.shape.rms_norm_eps, self.dtype
         )
-        return PackedForward(self, cu_seqlens, lengths, cos, sin, hidden, normed, max_len)
+        return PackedForward(
+            self, cu_seqlens, lengths, cos, sin, hidden, normed, max_len, keys=keys
+        )
 
     def final_norm_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """The final norm, only for the pooled rows (the only ones that matter), in fp32; for
@@ -316,7 +330,10 @@ class Qwen3Runner:
         q, k, v = ops.qk_norm_rope(
             qkv, layer.q_norm, layer.k_norm, f.cos, f.sin, s.num_heads, s.num_kv_heads, eps
         )
-        attended = self.attention(q, k, v, f.cu_seqlens, f.lengths, f.max_len)
+        attended = packed_attention(
+            q, k, v, f.cu_seqlens, f.lengths, backend=self.attention_backend, scale=self.scale,
+            max_len=f.max_len, keys=f.keys,
+        )  # fmt: skip
         out = F.linear(attended.reshape(-1, s.num_heads * s.head_dim), layer.o_weight, layer.o_bias)
         return ops.add_rms_norm(f.hidden, out, layer.post_norm, eps)
 
@@ -329,46 +346,3 @@ class Qwen3Runner:
         if index + 1 < len(self.layers):
             return ops.add_rms_norm(hidden, mlp, self.layers[index + 1].input_norm, eps)
         return hidden + mlp.float(), normed
-
-    def attention(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        cu_seqlens: torch.Tensor,
-        lengths: list[int],
-        max_len: int | None = None,
-    ) -> torch.Tensor:
-        """Causal attention within each packed sequence; [T, heads, head_dim] in and out."""
-        longest = max(lengths)
-        if self.attention_backend == "flash" and (longest < LONG_SEQUENCE or len(lengths) > 4):
-            # Varlen FlashAttention-2; GQA is native (kv heads only have to divide q heads).
-            result = torch.ops.aten._flash_attention_forward(
-                q, k, v, cu_seqlens, cu_seqlens, max_len or longest, max_len or longest,
-                0.0, True, False, scale=self.scale,
-            )  # fmt: skip
-            return cast(torch.Tensor, result[0])
-        outputs = []
-        pad = q.device.type == "cuda"
-        for start, end in itertools.pairwise(itertools.accumulate(lengths, initial=0)):
-            # [1, heads, len, head_dim] per sequence; is_causal masks within it only. On a
-            # GPU this picks cuDNN or flash attention, faster than FA2 varlen on long inputs.
-            if pad and end - start >= LONG_SEQUENCE:
-                padded = padded_length(end - start)
-                qs, ks, vs = (padded_heads(t[start:end], padded) for t in (q, k, v))
-            else:
-                qs, ks, vs = (t[start:end].transpose(0, 1)[None] for t in (q, k, v))
-            with preferred_sdpa_backends(q.device):
-                out = F.scaled_dot_product_attention(
-                    qs, ks, vs, is_causal=True, scale=self.scale, enable_gqa=True
-                )
-            outputs.append(out[0, :, : end - start].transpose(0, 1))
-        return torch.cat(outputs)
-
-
-def padded_heads(rows: torch.Tensor, padded: int) -> torch.Tensor:
-    """[len, heads, head_dim] as a contiguous [1, heads, padded, head_dim], zeros after len: the
-    layout the plans were built for, whatever the length."""
-    out = rows.new_zeros(1, rows.shape[1], padded, rows.shape[2])
-    out[0, :, : rows.shape[0]] = rows.transpose(0, 1)
-    return out

@@ -21,10 +21,10 @@ from concurrent.futures import Future
 import torch
 import torch.nn.functional as F
 
-from embedfleet_worker.model.runners.qwen3 import (
+from embedfleet_worker.model.runners.qwen3 import Qwen3Runner
+from embedfleet_worker.model.runners.qwen3_attention import (
     LONG_SEQUENCE,
     LONG_SEQUENCE_STEP,
-    Qwen3Runner,
     padded_length,
     preferred_sdpa_backends,
 )
