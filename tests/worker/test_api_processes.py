@@ -72,9 +72,12 @@ def test_both_processes_serve_and_every_scrape_counts_all(tmp_path: Path) -> Non
 
 def test_a_dead_api_process_stops_the_worker_with_status_1(tmp_path: Path) -> None:
     worker = start_worker(tmp_path, "--api-processes", "2")
-    child = api_child(worker)
-    engines = [p for p, c in children(worker.process.pid).items() if b"engine.process" in c]
-    os.kill(child, signal.SIGKILL)
-    assert worker.process.wait(60) == 1, worker.log()[-3000:]
+    try:
+        child = api_child(worker)
+        engines = [p for p, c in children(worker.process.pid).items() if b"engine.process" in c]
+        os.kill(child, signal.SIGKILL)
+        assert worker.process.wait(60) == 1, worker.log()[-3000:]
+    finally:
+        worker.terminate()  # after a failed assertion above, no process is left behind
     assert "API process" in worker.log()
     wait_until(lambda: not any(alive(pid) for pid in engines), timeout=30, what="the engine gone")

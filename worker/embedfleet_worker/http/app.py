@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -68,9 +67,6 @@ def create_app(state: WorkerState) -> FastAPI:
             await asyncio.shield(loading)
             if state.load_error is not None:  # exits; the main process then exits 1
                 raise RuntimeError(f"API process could not start: {state.load_error}")
-            if state.ready_pipe is not None:  # the main process turns Ready once all do
-                os.write(state.ready_pipe, b"1")
-                os.close(state.ready_pipe)
         # Loads anyio's asyncio backend now: Starlette reaches it on a few paths, and its first
         # import, on the event loop mid-load, stalled every request 23 ms on the H200.
         await anyio.lowlevel.checkpoint()

@@ -7,6 +7,7 @@ the server exits 1."""
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -29,6 +30,15 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, state: WorkerState) -> None:
         super().__init__(config)
         self.state = state
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # A further API process says it is ready only now that it accepts on the shared socket
+        # (after its lifespan, which loads): the main process then turns Ready.
+        if self.state.ready_pipe is not None and self.started:
+            os.write(self.state.ready_pipe, b"1")
+            os.close(self.state.ready_pipe)
+            self.state.ready_pipe = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.state.api_processes is not None:
