@@ -61,12 +61,7 @@ class EmbeddingsEndpoint:
         inputs = _as_inputs(body.input)
         require_unicode(inputs, model=body.model, instruction=body.instruction)
         name = model_name(state, body.model)
-        if len(inputs) > state.settings.max_inputs_per_request:
-            raise InvalidInputError(
-                f"{len(inputs)} inputs exceed the limit of "
-                f"{state.settings.max_inputs_per_request} per request",
-                param="input",
-            )
+        require_input_limit(state, len(inputs), "inputs", param="input")
         options = with_truncation(
             EmbedOptions(
                 instruction=body.instruction,
@@ -136,6 +131,15 @@ def model_name(state: WorkerState, requested: str | None) -> str:
         code="model_not_found",
         param="model",
     )
+
+
+def require_input_limit(state: WorkerState, count: int, noun: str, *, param: str) -> None:
+    """`--max-inputs-per-request`, for the inputs of a request or the documents of a rerank."""
+    limit = state.settings.max_inputs_per_request
+    if count > limit:
+        raise InvalidInputError(
+            f"{count} {noun} exceed the limit of {limit} per request", param=param
+        )
 
 
 def require_unicode(

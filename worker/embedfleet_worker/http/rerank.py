@@ -19,7 +19,12 @@ from embedfleet_worker.http.api_models import (
     RerankResult,
     Usage,
 )
-from embedfleet_worker.http.embeddings import engine_of, model_name, require_unicode
+from embedfleet_worker.http.embeddings import (
+    engine_of,
+    model_name,
+    require_input_limit,
+    require_unicode,
+)
 from embedfleet_worker.http.errors import wrong_task
 from embedfleet_worker.model.files import Task
 
@@ -44,12 +49,7 @@ class RerankEndpoint:
         name = model_name(state, body.model)
         if not body.documents:
             raise InvalidInputError("documents must not be empty", param="documents")
-        limit = state.settings.max_inputs_per_request
-        if len(body.documents) > limit:
-            raise InvalidInputError(
-                f"{len(body.documents)} documents exceed the limit of {limit} per request",
-                param="documents",
-            )
+        require_input_limit(state, len(body.documents), "documents", param="documents")
         options = with_truncation(
             EmbedOptions(normalize=False),
             body.truncate,
