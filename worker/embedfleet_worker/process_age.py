@@ -8,9 +8,10 @@ import os
 import time
 
 
-def process_age_seconds() -> float | None:
+def process_age_seconds(digits: int | None = None) -> float | None:
     """Seconds since this process started, from the kernel's own start time (/proc, Linux),
-    so the interpreter's start and imports count; None where /proc has no such record."""
+    so the interpreter's start and imports count, rounded to `digits` when given (for logs);
+    None where /proc has no such record."""
     try:
         with open("/proc/self/stat", encoding="ascii") as stat:
             # Fields after the command name (which may hold spaces): starttime is the 20th.
@@ -18,4 +19,5 @@ def process_age_seconds() -> float | None:
     except (OSError, IndexError, ValueError):
         return None
     since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)
-    return max(0.0, since_boot - started_ticks / os.sysconf("SC_CLK_TCK"))
+    age = max(0.0, since_boot - started_ticks / os.sysconf("SC_CLK_TCK"))
+    return age if digits is None else round(age, digits)

@@ -48,9 +48,7 @@ def main() -> None:
     if flags < len(args):
         settings = parse_settings(args[flags + 1 :])
         configure_logging(settings.log_level)
-        age = process_age_seconds()
-        imported = None if age is None else round(age, 2)
-        log.info("engine process started", extra={"imports_seconds": imported})
+        log.info("engine process started", extra={"imports_seconds": process_age_seconds(2)})
         spec, config = model_spec(settings), EngineConfig.from_settings(settings)
         run_engine(socks, spec, config, settings.log_level, settings.drain_timeout_seconds)
         return
@@ -196,12 +194,11 @@ def _log_prepared(loaded: LoadedModel, prepared: bool = True) -> None:
     sys.setswitchinterval(DEFAULT_SWITCH_INTERVAL)
     if not prepared:
         return
-    age = process_age_seconds()
     log.info(
         "model prepared",
         extra={
             "phases": getattr(loaded.runner, "prepare_seconds", {}),
-            "prepared_seconds": None if age is None else round(age, 2),
+            "prepared_seconds": process_age_seconds(2),
         },
     )
 
