@@ -29,14 +29,15 @@ def free_port() -> int:
 
 
 async def a_worker(port: int) -> web.AppRunner:
-    """Answers /v1/embeddings with what it was sent, as JSON."""
+    """Answers any POST with its path and what it was sent, as JSON."""
 
-    async def embed(request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "echo": await request.json(),
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "path": request.path,
+                                  "echo": await request.json(),
                                   "auth": request.headers.get("Authorization")})  # fmt: skip
 
     app = web.Application()
-    app.router.add_post("/v1/embeddings", embed)
+    app.router.add_post("/{path:.*}", echo)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -81,8 +82,10 @@ def test_a_request_is_held_until_a_worker_listens_and_the_operator_hears_of_it_a
             try:
                 answer = await asyncio.wait_for(request, 5)
                 assert answer.status == 200
-                assert await answer.json() == {"object": "list", "echo": {"input": "hi"},
-                                               "auth": "Bearer k"}  # fmt: skip
+                assert await answer.json() == {
+                    "object": "list", "path": "/v1/embeddings", "echo": {"input": "hi"},
+                    "auth": "Bearer k",
+                }  # fmt: skip
                 assert answer.headers["Connection"].lower() == "close"
                 # With a worker listening, the next request passes straight through.
                 again = await client.post(server.make_url("/v1/embeddings"), json={"input": 2})
@@ -93,6 +96,32 @@ def test_a_request_is_held_until_a_worker_listens_and_the_operator_hears_of_it_a
         metrics = activator.metrics
         assert metrics.requests.labels("forwarded")._value.get() == 2
         assert metrics.held._value.get() == 0
+
+    with_activator(LIMITS, body)
+
+
+def test_rerank_and_tokenize_requests_are_held_and_forwarded_to_their_own_paths() -> None:
+    """A reranker scaled to zero wakes the same way: the activator holds any path."""
+
+    async def body(server: TestServer, worker_port: int, activator: Activator) -> None:
+        paths = ["/v1/rerank", "/tokenize", "/v1/embeddings"]
+        async with aiohttp.ClientSession() as client:
+            requests = [
+                asyncio.create_task(client.post(server.make_url(path), json={"n": index}))
+                for index, path in enumerate(paths)
+            ]
+            await asyncio.sleep(0.5)
+            assert not any(request.done() for request in requests)  # held: no worker yet
+            worker = await a_worker(worker_port)
+            try:
+                answers = [await asyncio.wait_for(request, 5) for request in requests]
+                echoed = [
+                    (a.status, (await a.json())["path"], (await a.json())["echo"]) for a in answers
+                ]
+            finally:
+                await worker.cleanup()
+        assert echoed == [(200, path, {"n": index}) for index, path in enumerate(paths)]
+        assert activator.activations == 1
 
     with_activator(LIMITS, body)
 
