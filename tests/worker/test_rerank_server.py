@@ -117,6 +117,25 @@ def test_embeddings_from_a_reranker_are_a_clear_404(client: httpx.Client) -> Non
     assert "serves task 'rerank'" in response.json()["error"]["message"]
 
 
+def test_tokenize_on_a_reranker_counts_the_prompts_rerank_scores(client: httpx.Client) -> None:
+    """With the query, /tokenize answers the (query, document) prompts: their counts add up to
+    the usage /v1/rerank reports, truncation included. Without it, a clear 400."""
+    body = {"query": QUERY, "documents": DOCUMENTS, "instruction": "Find the capital",
+            "truncate_prompt_tokens": 60, "truncation_side": "left"}  # fmt: skip
+    rerank = client.post("/v1/rerank", json=body)
+    tokens = client.post("/tokenize", json={**body, "input": body.pop("documents")})
+    assert rerank.status_code == tokens.status_code == 200, (rerank.text, tokens.text)
+    counts = tokens.json()["counts"]
+    assert len(counts) == len(DOCUMENTS)
+    assert max(counts) == 60
+    assert sum(counts) == rerank.json()["usage"]["prompt_tokens"]
+    bare = client.post("/tokenize", json={"input": DOCUMENTS})
+    assert bare.status_code == 400
+    assert_error_shape(bare)
+    assert bare.json()["error"]["param"] == "query"
+    assert "this worker reranks" in bare.json()["error"]["message"]
+
+
 RERANK_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "query": st.one_of(TEXT, JSON_VALUES),
     "documents": st.one_of(st.lists(TEXT, max_size=10), JSON_VALUES),

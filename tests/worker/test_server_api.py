@@ -279,6 +279,13 @@ def test_tokenize_shows_exactly_what_the_model_sees(worker: WorkerProcess) -> No
     assert response.status_code == 200
     assert response.json()["tokens"] == [[101, 7592, 2088, 102]]
     assert response.json()["counts"] == [4]
+    paired = httpx.post(
+        worker.base_url + "/tokenize",
+        json={"model": MODEL, "input": ["hello world"], "query": "q"},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert paired.status_code == 400  # a reranker's field: refused, not ignored
+    assert paired.json()["error"]["param"] == "query"
 
 
 def test_rerank_on_an_embedding_worker_is_a_clear_404(worker: WorkerProcess) -> None:

@@ -65,6 +65,9 @@ class TokenizeRequest(BaseModel):
 
     input: StrictStr | list[StrictStr]
     model: StrictStr | None = None
+    # On a reranker worker: the query each input (a document) is paired with, as /v1/rerank
+    # scores them; the answer then counts the whole prompt.
+    query: StrictStr | None = None
     instruction: StrictStr | None = None
     input_type: InputType | None = None
     truncate: StrictBool = True

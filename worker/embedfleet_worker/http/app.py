@@ -49,6 +49,7 @@ from embedfleet_worker.http.loop_monitor import StallLogger, watch_event_loop
 from embedfleet_worker.http.rerank import RERANK_PATH, RerankEndpoint
 from embedfleet_worker.http.worker_state import WorkerState
 from embedfleet_worker.metrics import MULTIPROCESS_DIR
+from embedfleet_worker.model.files import Task
 
 log = logging.getLogger("embedfleet.worker")
 
@@ -121,24 +122,27 @@ def create_app(state: WorkerState) -> FastAPI:
         """Declared for the OpenAPI schema: the guard answers this route itself (embeddings.py)."""
         return await embeddings_endpoint.respond(body, request.receive)
 
+    rerank_endpoint = RerankEndpoint(state)
+
     @app.post("/tokenize", response_model=TokenizeResponse, responses=_ERRORS)
     async def tokenize(body: TokenizeRequest) -> TokenizeResponse:
         engine = engine_of(state)
         texts = [body.input] if isinstance(body.input, str) else body.input
-        require_unicode(texts, model=body.model, instruction=body.instruction)
+        require_unicode(texts, model=body.model, query=body.query, instruction=body.instruction)
         name = model_name(state, body.model)
         if not texts:
             raise InvalidInputError("input must not be empty", param="input")
-        options = with_truncation(
-            EmbedOptions(instruction=body.instruction, input_type=body.input_type),
-            body.truncate,
-            body.truncate_prompt_tokens,
-            body.truncation_side,
-        )
-        tokens = await asyncio.to_thread(engine.encoder.encode, texts, options)
+        if engine.task is Task.RERANK or body.query is not None:
+            tokens = await rerank_endpoint.tokenize(body, texts)
+        else:
+            options = with_truncation(
+                EmbedOptions(instruction=body.instruction, input_type=body.input_type),
+                body.truncate,
+                body.truncate_prompt_tokens,
+                body.truncation_side,
+            )
+            tokens = await asyncio.to_thread(engine.encoder.encode, texts, options)
         return TokenizeResponse(tokens=tokens, counts=[len(t) for t in tokens], model=name)
-
-    rerank_endpoint = RerankEndpoint(state)
 
     @app.post(
         RERANK_PATH, response_model=RerankResponse, response_model_exclude_none=True,

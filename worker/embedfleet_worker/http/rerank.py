@@ -17,6 +17,7 @@ from embedfleet_worker.http.api_models import (
     RerankRequest,
     RerankResponse,
     RerankResult,
+    TokenizeRequest,
     Usage,
 )
 from embedfleet_worker.http.embeddings import (
@@ -29,6 +30,7 @@ from embedfleet_worker.http.errors import wrong_task
 from embedfleet_worker.model.files import Task
 
 if TYPE_CHECKING:
+    from embedfleet_worker.engine.client import EngineClient
     from embedfleet_worker.http.worker_state import WorkerState
 
 RERANK_PATH = "/v1/rerank"
@@ -50,16 +52,9 @@ class RerankEndpoint:
         if not body.documents:
             raise InvalidInputError("documents must not be empty", param="documents")
         require_input_limit(state, len(body.documents), "documents", param="documents")
-        options = with_truncation(
-            EmbedOptions(normalize=False),
-            body.truncate,
-            body.truncate_prompt_tokens,
-            body.truncation_side,
-        )
-        if self._pairs is None:
-            self._pairs = PairEncoder(engine.encoder)
+        options = _options(body)
         sequences = await asyncio.to_thread(
-            self._pairs.encode, body.query, body.documents, options, body.instruction
+            self._pairs_of(engine).encode, body.query, body.documents, options, body.instruction
         )
         result = await engine.run(sequences, options)
         state.metrics.inputs.inc(len(sequences))
@@ -81,3 +76,37 @@ class RerankEndpoint:
             ],
             usage=Usage(prompt_tokens=result.total_tokens, total_tokens=result.total_tokens),
         )
+
+    async def tokenize(self, body: TokenizeRequest, documents: list[str]) -> list[list[int]]:
+        """/tokenize on a reranker worker: the tokens of each (query, document) prompt, as
+        /v1/rerank would score them; elsewhere a `query` is refused rather than ignored."""
+        engine = engine_of(self.state)
+        if engine.task is not Task.RERANK:
+            raise InvalidInputError(
+                f"query is for a reranker worker's /tokenize; this worker serves task "
+                f"'{engine.task}': send input alone",
+                param="query",
+            )
+        if body.query is None:
+            raise InvalidInputError(
+                "this worker reranks: /tokenize counts (query, document) prompts as /v1/rerank "
+                "scores them; give the query as `query` and the documents as `input`",
+                param="query",
+            )
+        return await asyncio.to_thread(
+            self._pairs_of(engine).encode, body.query, documents, _options(body), body.instruction
+        )
+
+    def _pairs_of(self, engine: EngineClient) -> PairEncoder:
+        if self._pairs is None:
+            self._pairs = PairEncoder(engine.encoder)
+        return self._pairs
+
+
+def _options(body: RerankRequest | TokenizeRequest) -> EmbedOptions:
+    return with_truncation(
+        EmbedOptions(normalize=False),
+        body.truncate,
+        body.truncate_prompt_tokens,
+        body.truncation_side,
+    )
