@@ -179,3 +179,23 @@ def test_fuzzed_bodies_never_fail_unexpectedly(client: httpx.Client, body: dict[
     assert scores == sorted(scores, reverse=True)
     assert all(0.0 <= s <= 1.0 for s in scores)
     assert len({r["index"] for r in results}) == len(results)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=rerank_bodies())
+def test_fuzzed_tokenize_bodies_never_fail_unexpectedly(
+    client: httpx.Client, body: dict[str, Any]
+) -> None:
+    """The same bodies at /tokenize, the documents as `input`: a prompt per document or a
+    clear refusal."""
+    body = {("input" if k == "documents" else k): v for k, v in body.items()}
+    raw = json.dumps(body).encode()
+    response = client.post("/tokenize", content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code in {200, 400, 404}, (response.status_code, response.text[:500])
+    if response.status_code != 200:
+        assert_error_shape(response)
+        return
+    sent = json.loads(raw)
+    count = 1 if isinstance(sent["input"], str) else len(sent["input"])
+    assert response.json()["counts"] == [len(t) for t in response.json()["tokens"]]
+    assert len(response.json()["counts"]) == count

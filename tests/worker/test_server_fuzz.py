@@ -327,6 +327,7 @@ TOKENIZE_OBJECTS = st.fixed_dictionaries(
     {"input": st.one_of(TEXT, st.lists(TEXT, max_size=4), JSON_VALUES)},
     optional={
         "model": MODELS,
+        "query": st.one_of(TEXT, SCALARS),  # a reranker's field: refused here
         "instruction": st.one_of(TEXT, SCALARS),
         "input_type": INPUT_TYPES,
         "truncate": FLAGS,
