@@ -1,9 +1,12 @@
-"""Writes kubeconfig files for the local control plane (client certificate or bearer token)."""
+"""Writes kubeconfig files for the local control plane (client certificate or bearer token),
+and opens clients as the account one names."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import TracebackType
 
+import kubernetes
 import yaml
 
 
@@ -46,3 +49,25 @@ def write_kubeconfig(
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     path.chmod(0o600)
     return path
+
+
+class AccountClients:
+    """The core and apps APIs as the account a kubeconfig names. A context manager: it closes
+    its connections, which would otherwise warn (unclosed SSL sockets) whenever the garbage
+    collector reaches them, in whichever later test is running then."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        self.api = kubernetes.config.new_client_from_config(str(kubeconfig))
+        self.core = kubernetes.client.CoreV1Api(self.api)
+        self.apps = kubernetes.client.AppsV1Api(self.api)
+
+    def __enter__(self) -> AccountClients:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.api.close()

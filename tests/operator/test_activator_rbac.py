@@ -17,10 +17,12 @@ from typing import Any
 
 import kubernetes
 import pytest
+from kubernetes.client import ApiException
 
 from embedfleet_operator.crd import GROUP, PLURAL, VERSION
 from tests.cluster.binaries import helm_path
 from tests.cluster.controlplane import LocalCluster
+from tests.cluster.kubeconfig import AccountClients
 from tests.cluster.manifests import CHART
 from tests.cluster.processes import wait_until
 from tests.operator.operator_process import OperatorProcess
@@ -160,21 +162,19 @@ def test_the_activator_runs_as_its_own_account_non_root_without_a_token(
 def test_the_activators_account_may_do_nothing_beyond_asking_what_it_may_do(
     installed: Installed,
 ) -> None:
-    api = kubernetes.config.new_client_from_config(str(installed.account_kubeconfig))
-    review = kubernetes.client.AuthorizationV1Api(api).create_self_subject_rules_review(
-        {"spec": {"namespace": installed.namespace}}
-    )  # a 401 here would mean the token does not authenticate, and the 403s below prove nothing
+    with kubernetes.config.new_client_from_config(str(installed.account_kubeconfig)) as api:
+        review = kubernetes.client.AuthorizationV1Api(api).create_self_subject_rules_review(
+            {"spec": {"namespace": installed.namespace}}
+        )  # a 401 would mean the token does not authenticate, and the 403s below prove nothing
     granted = {r for rule in review.status.resource_rules for r in rule.resources or []}
     assert granted <= SELF_REVIEWS, granted
 
 
-class _As:
+class _As(AccountClients):
     def __init__(self, kubeconfig: Path) -> None:
-        api = kubernetes.config.new_client_from_config(str(kubeconfig))
-        self.core = kubernetes.client.CoreV1Api(api)
-        self.apps = kubernetes.client.AppsV1Api(api)
-        self.discovery = kubernetes.client.DiscoveryV1Api(api)
-        self.custom = kubernetes.client.CustomObjectsApi(api)
+        super().__init__(kubeconfig)
+        self.discovery = kubernetes.client.DiscoveryV1Api(self.api)
+        self.custom = kubernetes.client.CustomObjectsApi(self.api)
 
 
 Call = Callable[[_As, str], Any]
@@ -208,8 +208,8 @@ FORBIDDEN: list[tuple[str, Call]] = [
 
 @pytest.mark.parametrize(("what", "call"), FORBIDDEN, ids=[f[0] for f in FORBIDDEN])
 def test_the_activators_account_is_refused(installed: Installed, what: str, call: Call) -> None:
-    with pytest.raises(kubernetes.client.ApiException) as refused:
-        call(_As(installed.account_kubeconfig), installed.namespace)
+    with _As(installed.account_kubeconfig) as clients, pytest.raises(ApiException) as refused:
+        call(clients, installed.namespace)
     assert refused.value.status == 403, (what, refused.value.status, refused.value.reason)
 
 

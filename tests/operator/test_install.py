@@ -16,11 +16,13 @@ from typing import Any
 import kubernetes
 import pytest
 import yaml
+from kubernetes.client import ApiException
 
 from embedfleet_operator.crd import GROUP, PLURAL, VERSION
 from embedfleet_operator.settings import DEFAULT_WORKER_IMAGE
 from tests.cluster.binaries import helm_path
 from tests.cluster.controlplane import LocalCluster
+from tests.cluster.kubeconfig import AccountClients
 from tests.cluster.manifests import (
     CHART,
     NAMESPACE,
@@ -331,12 +333,10 @@ FORBIDDEN = [
 ]  # fmt: skip
 
 
-class _Clients:
+class _Clients(AccountClients):
     def __init__(self, kubeconfig: Path) -> None:
-        api = kubernetes.config.new_client_from_config(str(kubeconfig))
-        self.core = kubernetes.client.CoreV1Api(api)
-        self.apps = kubernetes.client.AppsV1Api(api)
-        self.rbac = kubernetes.client.RbacAuthorizationV1Api(api)
+        super().__init__(kubeconfig)
+        self.rbac = kubernetes.client.RbacAuthorizationV1Api(self.api)
 
 
 @pytest.mark.cluster
@@ -349,6 +349,6 @@ def test_the_charts_service_account_is_refused(
     call: Any,
 ) -> None:
     kubeconfig, _ = chart_account
-    with pytest.raises(kubernetes.client.ApiException) as refused:
-        call(_Clients(kubeconfig), namespace)
+    with _Clients(kubeconfig) as clients, pytest.raises(ApiException) as refused:
+        call(clients, namespace)
     assert refused.value.status == 403, (what, refused.value.status, refused.value.reason)
