@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from bench._measure import percentiles
+from bench._stats import percentiles
 
 
 @dataclass

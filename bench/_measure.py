@@ -1,17 +1,15 @@
 """Measurement helpers for bench/engine.py: progress log, synchronised timing, GPU memory
-accounting with OOM turned into a status, latency percentiles, cosine agreement, ratios."""
+accounting with OOM turned into a status (the figures made of them: _stats.py)."""
 
 from __future__ import annotations
 
 import gc
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import numpy as np
-import numpy.typing as npt
 import torch
 
 from embedfleet_worker.engine.errors import BatchFailedError
@@ -108,23 +106,3 @@ async def measured(
     if phase.status == "OOM":
         free_memory(device)
     return value, phase
-
-
-def percentiles(latencies_s: Sequence[float]) -> dict[str, float]:
-    ms = np.asarray(latencies_s) * 1000.0
-    return {
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "mean_ms": float(ms.mean()),
-        "runs": float(len(ms)),
-    }
-
-
-def cosine_stats(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> dict[str, float]:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    cos = (a64 * b64).sum(1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
-    return {"min": float(cos.min()), "mean": float(cos.mean())}
-
-
-def ratio(ours: float | None, theirs: float | None) -> float | None:
-    return ours / theirs if ours is not None and theirs else None

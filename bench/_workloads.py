@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 import torch
 
-from bench._measure import Phase, cosine_stats, log, measured, percentiles, ratio, sync
+from bench._measure import Phase, log, measured, sync
+from bench._stats import cosine_stats, percentiles, ratio
 from bench._systems import Baseline, Embedded, embedfleet_embed
 from embedfleet_worker.engine.executor import EmbeddingEngine
 from embedfleet_worker.engine.options import EmbedOptions

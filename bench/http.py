@@ -58,7 +58,6 @@ from typing import Any
 import numpy as np
 
 from bench import _http_load as load
-from bench._inputs import TextMaker, passage_lengths, query_lengths
 from bench._server import running_worker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +75,11 @@ def sizes(quick: bool) -> dict[str, int]:
 
 
 def make_texts(tokenizer_dir: Path, seed: int, counts: dict[str, int]) -> dict[str, Any]:
+    # Here, not at the top: the client processes (spawned) import this module, and these
+    # import torch, seconds per process.
     from transformers import AutoTokenizer
+
+    from bench._inputs import TextMaker, passage_lengths, query_lengths
 
     maker = TextMaker(AutoTokenizer.from_pretrained(tokenizer_dir))
     rng = np.random.default_rng(seed)
