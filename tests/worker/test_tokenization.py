@@ -218,4 +218,7 @@ def test_a_long_input_is_tokenised_without_holding_the_event_loop(qwen_tokenizer
         request.close()
     assert tokens > 20000
     assert took > 0.02  # long enough that holding the GIL would show
-    assert worst < min(0.01, took / 3), f"loop late by {worst * 1000:.1f} ms of {took * 1000:.0f}"
+    # Holding the GIL would make the loop late by about the whole encode (265 ms here). The
+    # tokenizer's own threads take both cores of a 2-core CI machine, so the loop is sometimes
+    # descheduled for ~10 ms without the GIL being held: 50 ms is the cap, not 10.
+    assert worst < min(0.05, took / 3), f"loop late by {worst * 1000:.1f} ms of {took * 1000:.0f}"
