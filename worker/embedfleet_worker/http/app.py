@@ -133,7 +133,7 @@ def create_app(state: WorkerState) -> FastAPI:
         if not texts:
             raise InvalidInputError("input must not be empty", param="input")
         if engine.task is Task.RERANK or body.query is not None:
-            tokens = await rerank_endpoint.tokenize(body, texts)
+            tokens = await rerank_endpoint.tokenize(engine, body, texts)
         else:
             options = with_truncation(
                 EmbedOptions(instruction=body.instruction, input_type=body.input_type),

@@ -77,10 +77,11 @@ class RerankEndpoint:
             usage=Usage(prompt_tokens=result.total_tokens, total_tokens=result.total_tokens),
         )
 
-    async def tokenize(self, body: TokenizeRequest, documents: list[str]) -> list[list[int]]:
+    async def tokenize(
+        self, engine: EngineClient, body: TokenizeRequest, documents: list[str]
+    ) -> list[list[int]]:
         """/tokenize on a reranker worker: the tokens of each (query, document) prompt, as
         /v1/rerank would score them; elsewhere a `query` is refused rather than ignored."""
-        engine = engine_of(self.state)
         if engine.task is not Task.RERANK:
             raise InvalidInputError(
                 f"query is for a reranker worker's /tokenize; this worker serves task "
