@@ -115,12 +115,12 @@ def test_rerank_and_tokenize_requests_are_held_and_forwarded_to_their_own_paths(
             worker = await a_worker(worker_port)
             try:
                 answers = [await asyncio.wait_for(request, 5) for request in requests]
-                echoed = [
-                    (a.status, (await a.json())["path"], (await a.json())["echo"]) for a in answers
-                ]
+                echoed = [(a.status, await a.json()) for a in answers]
             finally:
                 await worker.cleanup()
-        assert echoed == [(200, path, {"n": index}) for index, path in enumerate(paths)]
+        assert [(status, sent["path"], sent["echo"]) for status, sent in echoed] == [
+            (200, path, {"n": index}) for index, path in enumerate(paths)
+        ]
         assert activator.activations == 1
 
     with_activator(LIMITS, body)
